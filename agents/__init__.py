@@ -1,0 +1,1 @@
+"""Meta-learners: one per module, each a readable top-to-bottom algorithm."""

@@ -1,0 +1,236 @@
+"""The batched env contract: a family's pure dynamics and the :class:`TensorEnv` that runs them.
+
+A :class:`TaskFamily` is the gymnax-style definition of a task distribution:
+its task space, spaces, and pure batched functions ``reset(tasks, generator)``
+and ``step(state, action, tasks, generator)``. The physics is written once, for
+a batch; ``num_envs=1`` is the single env.
+
+:class:`TensorEnv` holds the buffers around it (state, tasks, episode clocks
+and returns) for ``num_envs`` envs on one device, and adds what every family
+would otherwise repeat: clipping continuous actions to the action space,
+time-limit truncation, autoreset that keeps each env's task, episode statistics,
+and input validation. It never moves data to the host.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
+
+import numpy as np
+import torch
+from gymnasium import spaces
+
+from metarl.structs import TensorStruct
+from metarl.tasks import Split, Tasks, TaskSpace, check_split
+
+StateT = TypeVar("StateT", bound=TensorStruct)
+TasksT = TypeVar("TasksT", bound=Tasks)
+
+
+class Transition(NamedTuple, Generic[StateT]):
+    """What a family's pure ``step`` returns (truncation is the env's business)."""
+
+    state: StateT
+    obs: torch.Tensor
+    reward: torch.Tensor
+    terminated: torch.Tensor
+
+
+class StepOutput(NamedTuple):
+    """One batched env step. Every tensor has leading dimension ``num_envs``.
+
+    ``obs`` is already the first observation of the next episode where
+    ``done``; the last observation of the finished episode is ``final_obs``
+    (equal to ``obs`` elsewhere). ``episode_return``/``episode_length`` hold
+    the finished episode's totals where ``done`` and are zero elsewhere.
+    ``reset_memory`` says where a recurrent policy must forget: episode ends
+    here, trial ends under a trial wrapper (RL²).
+    """
+
+    obs: torch.Tensor
+    reward: torch.Tensor
+    terminated: torch.Tensor
+    truncated: torch.Tensor
+    final_obs: torch.Tensor
+    episode_return: torch.Tensor
+    episode_length: torch.Tensor
+    reset_memory: torch.Tensor
+
+    @property
+    def done(self) -> torch.Tensor:
+        return self.terminated | self.truncated
+
+
+class TaskFamily(ABC, Generic[TasksT, StateT]):
+    """A parameterized task distribution with batched, pure dynamics.
+
+    Subclasses set ``task_space``, ``observation_space`` and ``action_space``
+    (for one env; ``Box`` observations, ``Box`` or ``Discrete`` actions) and
+    ``max_episode_steps`` (``None``: the family ends episodes itself).
+    Continuous actions reach :meth:`step` already clipped to ``action_space``.
+    """
+
+    task_space: TaskSpace[TasksT]
+    observation_space: spaces.Box
+    action_space: spaces.Box | spaces.Discrete
+    max_episode_steps: int | None
+    metadata: ClassVar[dict[str, Any]] = {}
+
+    @abstractmethod
+    def reset(self, tasks: TasksT, generator: torch.Generator) -> tuple[StateT, torch.Tensor]:
+        """Initial states and observations for a batch of tasks (on ``tasks.device``)."""
+
+    @abstractmethod
+    def step(self, state: StateT, action: torch.Tensor, tasks: TasksT, generator: torch.Generator) -> Transition[StateT]:
+        """Advance every env one step."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+def _action_dtype(space: spaces.Space) -> torch.dtype:
+    return torch.long if isinstance(space, spaces.Discrete) else torch.float32
+
+
+class TensorEnv(Generic[TasksT, StateT]):
+    """``num_envs`` envs of one family on one device, env ``i`` running task ``i``.
+
+    Args:
+        family: the task family.
+        num_envs: how many envs step together.
+        device: where every buffer lives.
+        tasks: initial tasks (``num_envs`` of them); default: the family's
+            reference task in every env.
+        seed: seed of the env's own generator (initial states, stochastic dynamics).
+        validate_actions: check action values (finite; in range for discrete
+            actions). This reads one flag back from the device per step, so the
+            rollout engine, whose actions come from a policy over the same
+            space, turns it off.
+    """
+
+    def __init__(
+        self,
+        family: TaskFamily[TasksT, StateT],
+        num_envs: int,
+        device: torch.device | str = "cpu",
+        tasks: TasksT | None = None,
+        seed: int | None = None,
+        validate_actions: bool = True,
+    ) -> None:
+        if not isinstance(num_envs, int) or isinstance(num_envs, bool) or num_envs < 1:
+            raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
+        self.family = family
+        self.num_envs = num_envs
+        self.device = torch.device(device)
+        self.validate_actions = validate_actions
+        self.single_observation_space = family.observation_space
+        self.single_action_space = family.action_space
+        if not isinstance(self.single_action_space, (spaces.Box, spaces.Discrete)):
+            raise TypeError(f"{family!r}: action_space must be Box or Discrete, got {self.single_action_space}")
+        self.action_shape: tuple[int, ...] = tuple(self.single_action_space.shape or ())
+        self.action_dtype = _action_dtype(self.single_action_space)
+        if isinstance(self.single_action_space, spaces.Box):
+            self._action_low = torch.as_tensor(self.single_action_space.low, device=self.device)
+            self._action_high = torch.as_tensor(self.single_action_space.high, device=self.device)
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(seed if seed is not None else int(torch.seed() % 2**62))
+        self._tasks: TasksT = self._checked_tasks(tasks if tasks is not None else family.task_space.default().repeat_interleave(num_envs))
+        self._state: StateT | None = None
+        self._obs: torch.Tensor | None = None
+        zeros = torch.zeros(num_envs, device=self.device)
+        self._episode_return = zeros.clone()
+        self._episode_length = torch.zeros(num_envs, dtype=torch.long, device=self.device)
+
+    # --- tasks -----------------------------------------------------------------
+    @property
+    def tasks(self) -> TasksT:
+        return self._tasks
+
+    def _checked_tasks(self, tasks: TasksT) -> TasksT:
+        expected = self.family.task_space.tasks_type
+        if not isinstance(tasks, expected):
+            raise TypeError(f"{self.family!r} takes {expected.__name__}, got {type(tasks).__name__}")
+        if len(tasks) != self.num_envs:
+            raise ValueError(
+                f"got {len(tasks)} tasks for {self.num_envs} envs; give one task per env "
+                f"(M tasks x E envs each: tasks.repeat_interleave(E))"
+            )
+        return tasks.to(self.device)
+
+    def set_tasks(self, tasks: TasksT) -> None:
+        """Give env ``i`` task ``i``. The next call must be :meth:`reset`: episodes never mix tasks."""
+        self._tasks = self._checked_tasks(tasks)
+        self._state = None
+
+    def sample_tasks(self, n: int, *, generator: torch.Generator, split: Split = "train") -> TasksT:
+        check_split(split)
+        return self.family.task_space.sample(n, generator=generator, split=split)
+
+    # --- episodes ----------------------------------------------------------------
+    def reset(self, seed: int | None = None) -> torch.Tensor:
+        """Start a new episode in every env (same tasks); returns observations."""
+        if seed is not None:
+            self.generator.manual_seed(seed)
+        self._state, obs = self.family.reset(self._tasks, self.generator)
+        self._obs = obs
+        self._episode_return.zero_()
+        self._episode_length.zero_()
+        return obs
+
+    def check_action(self, action: torch.Tensor) -> torch.Tensor:
+        """``action`` as a tensor of the right shape, dtype and device, or a clear error."""
+        if not isinstance(action, torch.Tensor):
+            action = torch.as_tensor(np.asarray(action), device=self.device)
+        expected = (self.num_envs, *self.action_shape)
+        if tuple(action.shape) != expected:
+            raise ValueError(f"action has shape {tuple(action.shape)}, expected {expected} ({self.num_envs} envs x {self.single_action_space})")
+        if self.action_dtype == torch.long:
+            if action.dtype.is_floating_point or action.dtype == torch.bool or action.is_complex():
+                raise TypeError(f"discrete actions must be integers, got dtype {action.dtype}")
+        elif not action.dtype.is_floating_point:
+            action = action.float()
+        action = action.to(self.device, self.action_dtype)
+        if self.validate_actions:
+            if self.action_dtype == torch.long:
+                n = int(self.single_action_space.n)  # type: ignore[union-attr]
+                bad = (action < 0) | (action >= n)
+                if bool(bad.any()):
+                    raise ValueError(f"actions must be in [0, {n}); got {action[bad][:8].tolist()} (first bad values)")
+            else:
+                bad = ~torch.isfinite(action)
+                if bool(bad.any()):
+                    raise ValueError(f"actions must be finite; got {action[bad][:8].tolist()} (first bad values)")
+        return action
+
+    def step(self, action: torch.Tensor) -> StepOutput:
+        """Step every env; finished episodes restart on the same task (same-step autoreset)."""
+        if self._state is None:
+            raise RuntimeError("call reset() before step() (and after set_tasks())")
+        action = self.check_action(action)
+        if self.action_dtype != torch.long:
+            action = torch.clamp(action, self._action_low, self._action_high)
+        family, tasks = self.family, self._tasks
+        state, obs, reward, terminated = family.step(self._state, action, tasks, self.generator)
+        self._episode_return += reward
+        self._episode_length += 1
+        if family.max_episode_steps is None:
+            truncated = torch.zeros_like(terminated)
+        else:
+            truncated = (self._episode_length >= family.max_episode_steps) & ~terminated
+        done = terminated | truncated
+        # Branch-free autoreset: fresh states for all envs, kept where an episode ended.
+        # No `if done.any()`, which would read a flag back from the device every step.
+        fresh_state, fresh_obs = family.reset(tasks, self.generator)
+        self._state = fresh_state.where(done, state)
+        next_obs = torch.where(done.unsqueeze(-1), fresh_obs, obs)
+        episode_return = torch.where(done, self._episode_return, 0.0)
+        episode_length = torch.where(done, self._episode_length, 0)
+        self._episode_return.masked_fill_(done, 0.0)
+        self._episode_length.masked_fill_(done, 0)
+        self._obs = next_obs
+        return StepOutput(next_obs, reward, terminated, truncated, obs, episode_return, episode_length, done)
+
+    def __repr__(self) -> str:
+        return f"TensorEnv({self.family!r}, num_envs={self.num_envs}, device={self.device})"
+
