@@ -38,7 +38,8 @@ class Navigation2D(TaskFamily[NavigationTasks, NavigationState]):
 
     **Reward.** Minus the Euclidean distance to the goal after the move.
 
-    **Task distribution.** ``goal ~ U[-0.5, 0.5]^2``; default task: goal (0.25, 0.25).
+    **Task distribution.** ``goal ~ U[-0.5, 0.5]^2`` (``goal_low``/``goal_high`` change the
+    square); default task: goal (0.25, 0.25).
 
     **Held-out split.** The goal square is cut into 10 x 10 cells; the 20 of
     them whose index hash is 0 mod 5 (a checkerboard-like pattern, see
@@ -55,7 +56,9 @@ class Navigation2D(TaskFamily[NavigationTasks, NavigationState]):
     action_space = spaces.Box(-0.1, 0.1, (2,), np.float32)
 
     def __init__(self, goal_low: float = -0.5, goal_high: float = 0.5) -> None:
-        self.task_space = BoxTaskSpace(NavigationTasks, goal=ParamRange((goal_low,) * 2, (goal_high,) * 2, (0.25, 0.25)))
+        default = goal_low + 0.75 * (goal_high - goal_low)  # (0.25, 0.25) for the paper's square
+        goal = ParamRange((goal_low,) * 2, (goal_high,) * 2, (default,) * 2)
+        self.task_space = BoxTaskSpace(NavigationTasks, goal=goal)
 
     def reset(self, tasks: NavigationTasks, generator: torch.Generator) -> tuple[NavigationState, torch.Tensor]:
         position = torch.zeros_like(tasks.goal)

@@ -6,7 +6,7 @@ The engine room: contracts (tasks, batched envs, registry) and machinery
 """
 
 from metarl.env import StepOutput, TaskFamily, TensorEnv, Transition
-from metarl.registry import FamilySpec, UnknownFamilyError, make_env, make_family, register, registered, spec
+from metarl.registry import FamilySpec, UnknownFamilyError, make_env, make_family, register, registered, spec, unregister
 from metarl.structs import TensorStruct
 from metarl.tasks import BoxTaskSpace, ParamRange, Tasks, TaskSpace, load_manifest, save_manifest
 
@@ -29,4 +29,5 @@ __all__ = [
     "registered",
     "save_manifest",
     "spec",
+    "unregister",
 ]

@@ -105,6 +105,13 @@ def register(id: str, entry_point: Callable[..., TaskFamily] | str, kwargs: dict
     return spec
 
 
+def unregister(id: str) -> None:
+    """Remove ``id`` from this registry and Gymnasium's (for notebooks and tests that re-register)."""
+    spec(id)  # raises with suggestions when unknown
+    del _REGISTRY[id]
+    gymnasium.registry.pop(id, None)
+
+
 def registered() -> list[str]:
     """All registered family ids, sorted."""
     return sorted(_REGISTRY)

@@ -1,0 +1,254 @@
+"""Policy modules (MLP and GRU) and the action distributions they parameterize.
+
+A policy maps ``(obs, hidden)`` to a :class:`PolicyOutput`: one tensor of
+distribution parameters (Gaussian: mean and log-std concatenated; categorical:
+logits), an optional value, and the next hidden state. A single tensor keeps
+``torch.func.vmap`` over per-task parameters and rollout storage simple. The
+matching :class:`ActionDistribution` samples with an explicit generator and
+computes log-probabilities, entropies and KL divergences from those parameters.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from gymnasium import spaces
+from torch import nn
+
+
+class PolicyOutput(NamedTuple):
+    dist_params: torch.Tensor
+    value: torch.Tensor | None
+    hidden: torch.Tensor | None
+
+
+class ActionDistribution(ABC):
+    """Operations on a batch of distribution parameters ``(..., param_dim)``."""
+
+    @abstractmethod
+    def sample(self, params: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor: ...
+
+    @abstractmethod
+    def mode(self, params: torch.Tensor) -> torch.Tensor: ...
+
+    @abstractmethod
+    def log_prob(self, params: torch.Tensor, action: torch.Tensor) -> torch.Tensor: ...
+
+    @abstractmethod
+    def entropy(self, params: torch.Tensor) -> torch.Tensor: ...
+
+    @abstractmethod
+    def kl(self, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        """KL(p || q), one value per distribution."""
+
+
+class DiagGaussian(ActionDistribution):
+    """Diagonal Gaussian; params are ``[mean, log_std]`` along the last dimension."""
+
+    def __init__(self, action_dim: int) -> None:
+        self.action_dim = action_dim
+
+    def _split(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return params[..., : self.action_dim], params[..., self.action_dim :]
+
+    def sample(self, params: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        mean, log_std = self._split(params)
+        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        return mean + noise * log_std.exp()
+
+    def mode(self, params: torch.Tensor) -> torch.Tensor:
+        return self._split(params)[0]
+
+    def log_prob(self, params: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        mean, log_std = self._split(params)
+        z = (action - mean) * torch.exp(-log_std)
+        return (-0.5 * z.square() - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+    def entropy(self, params: torch.Tensor) -> torch.Tensor:
+        _, log_std = self._split(params)
+        return (log_std + 0.5 * math.log(2 * math.pi * math.e)).sum(-1)
+
+    def kl(self, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        mp, lp = self._split(p)
+        mq, lq = self._split(q)
+        return (lq - lp + (torch.exp(2 * lp) + (mp - mq).square()) / (2 * torch.exp(2 * lq)) - 0.5).sum(-1)
+
+
+class Categorical(ActionDistribution):
+    """Categorical over ``n`` actions; params are logits."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def sample(self, params: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        # Gumbel-max: one batched draw, works with any generator and device.
+        u = torch.rand(params.shape, generator=generator, device=params.device, dtype=params.dtype)
+        gumbel = -torch.log(-torch.log(u.clamp_min(torch.finfo(u.dtype).tiny)))
+        return torch.argmax(params + gumbel, dim=-1)
+
+    def mode(self, params: torch.Tensor) -> torch.Tensor:
+        return torch.argmax(params, dim=-1)
+
+    def log_prob(self, params: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        return torch.gather(F.log_softmax(params, dim=-1), -1, action.long().unsqueeze(-1)).squeeze(-1)
+
+    def entropy(self, params: torch.Tensor) -> torch.Tensor:
+        logp = F.log_softmax(params, dim=-1)
+        return -(logp.exp() * logp).sum(-1)
+
+    def kl(self, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        logp, logq = F.log_softmax(p, dim=-1), F.log_softmax(q, dim=-1)
+        return (logp.exp() * (logp - logq)).sum(-1)
+
+
+def distribution_for(action_space: spaces.Space) -> tuple[ActionDistribution, int]:
+    """The distribution for an action space and its parameter width."""
+    if isinstance(action_space, spaces.Discrete):
+        return Categorical(int(action_space.n)), int(action_space.n)
+    if isinstance(action_space, spaces.Box) and len(action_space.shape) == 1:
+        dim = int(action_space.shape[0])
+        return DiagGaussian(dim), 2 * dim
+    raise TypeError(f"no action distribution for {action_space}; use Discrete or a 1-D Box")
+
+
+_ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu}
+
+
+def task_linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
+    """``layer(x)`` that also works when the layer's parameters carry a leading task dimension.
+
+    With weight ``(M, out, in)``, bias ``(M, out)`` and ``x`` of shape
+    ``(M, E, in)`` every task's envs meet that task's weights in one batched
+    matmul; with plain parameters it is an ordinary linear layer.
+    """
+    return torch.matmul(x, layer.weight.mT) + layer.bias.unsqueeze(-2)
+
+
+class MLP(nn.Module):
+    """Linear layers with an activation between them, task-batchable through :func:`task_linear`."""
+
+    def __init__(self, sizes: Sequence[int], activation: str) -> None:
+        super().__init__()
+        if activation not in _ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
+        self.activation = _ACTIVATIONS[activation]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, layer in enumerate(self.layers):
+            x = task_linear(x, layer)
+            if i < len(self.layers) - 1:
+                x = self.activation(x)
+        return x
+
+
+def _with_log_std(mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+    """``[mean, log_std]`` along the last dim; ``log_std`` is ``(A,)`` or per task ``(M, A)``."""
+    return torch.cat([mean, log_std.unsqueeze(-2).expand_as(mean)], dim=-1)
+
+
+class _PolicyBase(nn.Module):
+    """What the rollout engine needs from a policy besides ``forward``.
+
+    ``task_batched_forward``: ``forward`` accepts parameters with a leading task
+    dimension M and inputs shaped ``(M, E, ...)`` (the engine then calls it
+    directly instead of through ``vmap``).
+    """
+
+    action_dist: ActionDistribution
+    hidden_size: int = 0
+    task_batched_forward: bool = True
+
+    @property
+    def is_recurrent(self) -> bool:
+        return self.hidden_size > 0
+
+    def initial_hidden(self, batch_size: int, device: torch.device | str) -> torch.Tensor | None:
+        return torch.zeros(batch_size, self.hidden_size, device=device) if self.is_recurrent else None
+
+
+class MLPPolicy(_PolicyBase):
+    """Feed-forward policy: Gaussian (state-independent log-std) or categorical head, optional value head.
+
+    ``hidden`` is accepted and ignored, so every policy has one signature.
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        action_space: spaces.Space,
+        hidden_sizes: Sequence[int] = (64, 64),
+        activation: str = "tanh",
+        value_head: bool = False,
+        init_log_std: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.action_dist, param_dim = distribution_for(action_space)
+        self.gaussian = isinstance(self.action_dist, DiagGaussian)
+        out_dim = param_dim // 2 if self.gaussian else param_dim
+        self.actor = MLP([obs_dim, *hidden_sizes, out_dim], activation)
+        if self.gaussian:
+            self.log_std = nn.Parameter(torch.full((out_dim,), float(init_log_std)))
+        self.critic = MLP([obs_dim, *hidden_sizes, 1], activation) if value_head else None
+
+    def forward(self, obs: torch.Tensor, hidden: torch.Tensor | None = None) -> PolicyOutput:
+        out = self.actor(obs)
+        if self.gaussian:
+            out = _with_log_std(out, self.log_std)
+        value = self.critic(obs).squeeze(-1) if self.critic is not None else None
+        return PolicyOutput(out, value, None)
+
+
+class GRUPolicy(_PolicyBase):
+    """Recurrent policy: a GRU cell over the input, linear policy and value heads on its state.
+
+    The cell computes PyTorch's ``nn.GRUCell`` equations from its own
+    ``input``/``hidden`` linear layers, so it batches over per-task parameters
+    (``nn.GRUCell`` has no ``vmap`` rule).
+    """
+
+    def __init__(
+        self, obs_dim: int, action_space: spaces.Space, hidden_size: int = 128, value_head: bool = True, init_log_std: float = 0.0
+    ) -> None:
+        super().__init__()
+        if hidden_size < 1:
+            raise ValueError(f"hidden_size must be positive, got {hidden_size}")
+        self.hidden_size = hidden_size
+        self.action_dist, param_dim = distribution_for(action_space)
+        self.gaussian = isinstance(self.action_dist, DiagGaussian)
+        out_dim = param_dim // 2 if self.gaussian else param_dim
+        self.input_gates = nn.Linear(obs_dim, 3 * hidden_size)
+        self.hidden_gates = nn.Linear(hidden_size, 3 * hidden_size)
+        bound = 1.0 / math.sqrt(hidden_size)  # nn.GRUCell's initialization
+        for p in (*self.input_gates.parameters(), *self.hidden_gates.parameters()):
+            nn.init.uniform_(p, -bound, bound)
+        self.actor = nn.Linear(hidden_size, out_dim)
+        if self.gaussian:
+            self.log_std = nn.Parameter(torch.full((out_dim,), float(init_log_std)))
+        self.critic = nn.Linear(hidden_size, 1) if value_head else None
+
+    def cell(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        i_r, i_z, i_n = task_linear(x, self.input_gates).chunk(3, dim=-1)
+        h_r, h_z, h_n = task_linear(h, self.hidden_gates).chunk(3, dim=-1)
+        reset = torch.sigmoid(i_r + h_r)
+        update = torch.sigmoid(i_z + h_z)
+        candidate = torch.tanh(i_n + reset * h_n)
+        return (1 - update) * candidate + update * h
+
+    def forward(self, obs: torch.Tensor, hidden: torch.Tensor | None = None) -> PolicyOutput:
+        if hidden is None:
+            hidden = obs.new_zeros(*obs.shape[:-1], self.hidden_size)
+        h = self.cell(obs, hidden)
+        out = task_linear(h, self.actor)
+        if self.gaussian:
+            out = _with_log_std(out, self.log_std)
+        value = task_linear(h, self.critic).squeeze(-1) if self.critic is not None else None
+        return PolicyOutput(out, value, h)
+
+
+Policy = MLPPolicy | GRUPolicy

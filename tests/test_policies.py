@@ -1,0 +1,63 @@
+"""Policies and action distributions against torch.distributions and nn.GRUCell."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from gymnasium import spaces
+
+from metarl.policies import Categorical, DiagGaussian, GRUPolicy, MLPPolicy, distribution_for
+
+
+def test_gaussian_matches_torch() -> None:
+    dist = DiagGaussian(3)
+    p, q = torch.randn(5, 6), torch.randn(5, 6)
+    action = torch.randn(5, 3)
+    ref_p = torch.distributions.Normal(p[:, :3], p[:, 3:].exp())
+    ref_q = torch.distributions.Normal(q[:, :3], q[:, 3:].exp())
+    torch.testing.assert_close(dist.log_prob(p, action), ref_p.log_prob(action).sum(-1))
+    torch.testing.assert_close(dist.entropy(p), ref_p.entropy().sum(-1))
+    torch.testing.assert_close(dist.kl(p, q), torch.distributions.kl_divergence(ref_p, ref_q).sum(-1))
+
+
+def test_categorical_matches_torch_and_samples_its_probabilities() -> None:
+    dist = Categorical(4)
+    p, q = torch.randn(5, 4), torch.randn(5, 4)
+    ref_p, ref_q = torch.distributions.Categorical(logits=p), torch.distributions.Categorical(logits=q)
+    action = torch.tensor([0, 1, 2, 3, 1])
+    torch.testing.assert_close(dist.log_prob(p, action), ref_p.log_prob(action))
+    torch.testing.assert_close(dist.entropy(p), ref_p.entropy())
+    torch.testing.assert_close(dist.kl(p, q), torch.distributions.kl_divergence(ref_p, ref_q))
+    logits = torch.log(torch.tensor([0.1, 0.2, 0.3, 0.4])).expand(40000, 4)
+    draws = dist.sample(logits, torch.Generator().manual_seed(0))
+    freq = torch.bincount(draws, minlength=4).float() / 40000
+    torch.testing.assert_close(freq, torch.tensor([0.1, 0.2, 0.3, 0.4]), atol=0.01, rtol=0)
+    again = dist.sample(logits, torch.Generator().manual_seed(0))
+    assert torch.equal(draws, again)
+
+
+def test_distribution_for_rejects_unsupported_spaces() -> None:
+    with pytest.raises(TypeError, match="no action distribution for"):
+        distribution_for(spaces.MultiBinary(3))
+
+
+def test_mlp_policy_outputs() -> None:
+    policy = MLPPolicy(4, spaces.Box(-1, 1, (2,)), value_head=True, init_log_std=-0.5)
+    out = policy(torch.randn(7, 4))
+    assert out.dist_params.shape == (7, 4) and out.value.shape == (7,) and out.hidden is None
+    assert torch.all(out.dist_params[:, 2:] == -0.5)
+    assert MLPPolicy(4, spaces.Discrete(3))(torch.randn(7, 4)).value is None
+    with pytest.raises(ValueError, match="activation must be one of"):
+        MLPPolicy(4, spaces.Discrete(3), activation="gelu")
+
+
+def test_gru_cell_matches_torch() -> None:
+    policy = GRUPolicy(5, spaces.Discrete(3), hidden_size=8)
+    reference = torch.nn.GRUCell(5, 8)
+    with torch.no_grad():
+        reference.weight_ih.copy_(policy.input_gates.weight)
+        reference.bias_ih.copy_(policy.input_gates.bias)
+        reference.weight_hh.copy_(policy.hidden_gates.weight)
+        reference.bias_hh.copy_(policy.hidden_gates.bias)
+    x, h = torch.randn(6, 5), torch.randn(6, 8)
+    torch.testing.assert_close(policy(x, h).hidden, reference(x, h))
