@@ -64,7 +64,9 @@ class Navigation2D(TaskFamily[NavigationTasks, NavigationState]):
         position = torch.zeros_like(tasks.goal)
         return NavigationState(position), position
 
-    def step(self, state: NavigationState, action: torch.Tensor, tasks: NavigationTasks, generator: torch.Generator) -> Transition[NavigationState]:
+    def step(
+        self, state: NavigationState, action: torch.Tensor, tasks: NavigationTasks, generator: torch.Generator
+    ) -> Transition[NavigationState]:
         position = state.position + action
         offset = position - tasks.goal
         reward = -torch.linalg.vector_norm(offset, dim=-1)

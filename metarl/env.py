@@ -107,6 +107,9 @@ class TensorEnv(Generic[TasksT, StateT]):
             actions). This reads one flag back from the device per step, so the
             rollout engine, whose actions come from a policy over the same
             space, turns it off.
+        compile: run the step through ``torch.compile`` (opt-in: it pays a
+            compilation on first use; ``scripts/bench_rollout.py`` measures
+            whether it helps on a given machine).
     """
 
     def __init__(
@@ -117,6 +120,7 @@ class TensorEnv(Generic[TasksT, StateT]):
         tasks: TasksT | None = None,
         seed: int | None = None,
         validate_actions: bool = True,
+        compile: bool = False,
     ) -> None:
         if not isinstance(num_envs, int) or isinstance(num_envs, bool) or num_envs < 1:
             raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
@@ -135,11 +139,13 @@ class TensorEnv(Generic[TasksT, StateT]):
             self._action_high = torch.as_tensor(self.single_action_space.high, device=self.device)
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed if seed is not None else int(torch.seed() % 2**62))
-        self._tasks: TasksT = self._checked_tasks(tasks if tasks is not None else family.task_space.default().repeat_interleave(num_envs))
+        self._tasks: TasksT = self._checked_tasks(
+            tasks if tasks is not None else family.task_space.default().repeat_interleave(num_envs)
+        )
+        self._advance = torch.compile(self._advance_pure, dynamic=False) if compile else self._advance_pure
         self._state: StateT | None = None
         self._obs: torch.Tensor | None = None
-        zeros = torch.zeros(num_envs, device=self.device)
-        self._episode_return = zeros.clone()
+        self._episode_return = torch.zeros(num_envs, device=self.device)
         self._episode_length = torch.zeros(num_envs, dtype=torch.long, device=self.device)
 
     # --- tasks -----------------------------------------------------------------
@@ -174,8 +180,8 @@ class TensorEnv(Generic[TasksT, StateT]):
             self.generator.manual_seed(seed)
         self._state, obs = self.family.reset(self._tasks, self.generator)
         self._obs = obs
-        self._episode_return.zero_()
-        self._episode_length.zero_()
+        self._episode_return = torch.zeros_like(self._episode_return)
+        self._episode_length = torch.zeros_like(self._episode_length)
         return obs
 
     def check_action(self, action: torch.Tensor) -> torch.Tensor:
@@ -184,7 +190,9 @@ class TensorEnv(Generic[TasksT, StateT]):
             action = torch.as_tensor(np.asarray(action), device=self.device)
         expected = (self.num_envs, *self.action_shape)
         if tuple(action.shape) != expected:
-            raise ValueError(f"action has shape {tuple(action.shape)}, expected {expected} ({self.num_envs} envs x {self.single_action_space})")
+            raise ValueError(
+                f"action has shape {tuple(action.shape)}, expected {expected} ({self.num_envs} envs x {self.single_action_space})"
+            )
         if self.action_dtype == torch.long:
             if action.dtype.is_floating_point or action.dtype == torch.bool or action.is_complex():
                 raise TypeError(f"discrete actions must be integers, got dtype {action.dtype}")
@@ -208,29 +216,43 @@ class TensorEnv(Generic[TasksT, StateT]):
         if self._state is None:
             raise RuntimeError("call reset() before step() (and after set_tasks())")
         action = self.check_action(action)
+        # Fresh episode starts for every env, kept below only where an episode ends: a
+        # branch-free autoreset (no `if done.any()`, which would read a flag back from the device).
+        # Drawn outside the pure step so that deterministic dynamics compile into one graph.
+        fresh = self.family.reset(self._tasks, self.generator)
+        self._state, self._episode_return, self._episode_length, out = self._advance(
+            self._state, action, self._tasks, self._episode_return, self._episode_length, fresh, self.generator
+        )
+        return out
+
+    def _advance_pure(
+        self,
+        state: StateT,
+        action: torch.Tensor,
+        tasks: TasksT,
+        episode_return: torch.Tensor,
+        episode_length: torch.Tensor,
+        fresh: tuple[StateT, torch.Tensor],
+        generator: torch.Generator,
+    ) -> tuple[StateT, torch.Tensor, torch.Tensor, StepOutput]:
+        """One step as a pure function of explicit tensors (what ``compile=True`` compiles)."""
+        family = self.family
         if self.action_dtype != torch.long:
             action = torch.clamp(action, self._action_low, self._action_high)
-        family, tasks = self.family, self._tasks
-        state, obs, reward, terminated = family.step(self._state, action, tasks, self.generator)
-        self._episode_return += reward
-        self._episode_length += 1
+        state, obs, reward, terminated = family.step(state, action, tasks, generator)
+        episode_return = episode_return + reward
+        episode_length = episode_length + 1
         if family.max_episode_steps is None:
             truncated = torch.zeros_like(terminated)
         else:
-            truncated = (self._episode_length >= family.max_episode_steps) & ~terminated
+            truncated = (episode_length >= family.max_episode_steps) & ~terminated
         done = terminated | truncated
-        # Branch-free autoreset: fresh states for all envs, kept where an episode ended.
-        # No `if done.any()`, which would read a flag back from the device every step.
-        fresh_state, fresh_obs = family.reset(tasks, self.generator)
-        self._state = fresh_state.where(done, state)
+        fresh_state, fresh_obs = fresh
+        next_state = fresh_state.where(done, state)
         next_obs = torch.where(done.unsqueeze(-1), fresh_obs, obs)
-        episode_return = torch.where(done, self._episode_return, 0.0)
-        episode_length = torch.where(done, self._episode_length, 0)
-        self._episode_return.masked_fill_(done, 0.0)
-        self._episode_length.masked_fill_(done, 0)
-        self._obs = next_obs
-        return StepOutput(next_obs, reward, terminated, truncated, obs, episode_return, episode_length, done)
+        running = ~done
+        out = StepOutput(next_obs, reward, terminated, truncated, obs, episode_return * done, episode_length * done, done)
+        return next_state, episode_return * running, episode_length * running, out
 
     def __repr__(self) -> str:
         return f"TensorEnv({self.family!r}, num_envs={self.num_envs}, device={self.device})"
-

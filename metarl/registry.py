@@ -139,7 +139,9 @@ def make_env(
     device: torch.device | str = "cpu",
     seed: int | None = None,
     validate_actions: bool = True,
+    compile: bool = False,
     **kwargs: Any,
 ) -> TensorEnv:
-    """A :class:`TensorEnv` of ``num_envs`` envs of family ``id`` on ``device``."""
-    return TensorEnv(make_family(id, **kwargs), num_envs=num_envs, device=device, seed=seed, validate_actions=validate_actions)
+    """A :class:`TensorEnv` of ``num_envs`` envs of family ``id`` on ``device`` (``kwargs`` go to the family)."""
+    family = make_family(id, **kwargs)
+    return TensorEnv(family, num_envs=num_envs, device=device, seed=seed, validate_actions=validate_actions, compile=compile)

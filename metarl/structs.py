@@ -28,9 +28,7 @@ class TensorStruct:
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             if not isinstance(value, torch.Tensor):
-                raise TypeError(
-                    f"{type(self).__name__}.{field.name} must be a torch.Tensor, got {type(value).__name__}"
-                )
+                raise TypeError(f"{type(self).__name__}.{field.name} must be a torch.Tensor, got {type(value).__name__}")
             if value.dim() == 0:
                 raise ValueError(f"{type(self).__name__}.{field.name} needs a leading batch dimension, got a scalar")
             sizes[field.name] = value.shape[0]

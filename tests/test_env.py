@@ -89,3 +89,21 @@ def test_unvalidated_env_skips_value_checks_only() -> None:
     env.step(torch.tensor([[float("nan"), 0.0]]))  # no host read, no error
     with pytest.raises(ValueError, match="action has shape"):
         env.step(torch.zeros(2, 2))
+
+
+@pytest.mark.parametrize("family_id", ["metarl/Navigation2D-v0", "metarl/CartPole-v0"])
+def test_compiled_step_matches_eager(family_id: str) -> None:
+    runs = []
+    for compile_step in (False, True):
+        env = metarl.make_env(family_id, num_envs=16, seed=0, compile=compile_step)
+        env.set_tasks(env.sample_tasks(16, generator=torch.Generator().manual_seed(0)))
+        env.reset(seed=1)
+        gen = torch.Generator().manual_seed(2)
+        if env.action_dtype == torch.long:
+            actions = [torch.randint(0, 2, (16,), generator=gen) for _ in range(60)]
+        else:
+            actions = [torch.rand(16, 2, generator=gen) * 0.3 - 0.15 for _ in range(60)]
+        runs.append([env.step(a) for a in actions])
+    for eager, compiled in zip(*runs, strict=True):
+        for a, b in zip(eager, compiled, strict=True):
+            torch.testing.assert_close(a, b)

@@ -40,7 +40,9 @@ def test_each_task_acts_with_its_own_params() -> None:
     policy = MLPPolicy(2, env.single_action_space)
     params = [dict(policy.named_parameters()) for _ in range(2)]
     shift = {"actor.layers.2.bias": torch.full((2,), 5.0)}
-    params = stacked([{k: v + shift.get(k, 0) for k, v in params[0].items()}, {k: v - shift.get(k, 0) for k, v in params[1].items()}])
+    params = stacked(
+        [{k: v + shift.get(k, 0) for k, v in params[0].items()}, {k: v - shift.get(k, 0) for k, v in params[1].items()}]
+    )
     assert task_batch_size(policy, params) == 2
     traj, _ = collect(env, policy, params, 1, start(env, policy, seed=0), deterministic=True)
     # Large positive / negative means are clipped to the action box: +0.1 for task 0's envs, -0.1 for task 1's.
