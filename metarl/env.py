@@ -14,6 +14,7 @@ and input validation. It never moves data to the host.
 
 from __future__ import annotations
 
+import types
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
 
@@ -85,8 +86,29 @@ class TaskFamily(ABC, Generic[TasksT, StateT]):
     def step(self, state: StateT, action: torch.Tensor, tasks: TasksT, generator: torch.Generator) -> Transition[StateT]:
         """Advance every env one step."""
 
+    def oracle_action(self, obs: torch.Tensor, tasks: TasksT) -> torch.Tensor | None:
+        """The action of a policy that knows the task, if the family defines one (used as the evaluator's oracle baseline).
+
+        Batched like :meth:`step`: ``obs`` is ``(n, *obs_shape)`` and ``tasks`` a batch of ``n``.
+        Continuous actions may exceed the action box; the env clips them.
+        """
+        return None
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+def _compiled_method(owner: object, function: Any) -> Any:
+    """``torch.compile`` of ``function`` bound to ``owner``, with a compile cache of its own.
+
+    Dynamo caches compiled graphs per code object and silently falls back to
+    eager after a few recompiles. Every env would share ``_advance_pure``'s
+    code (and recompile for each family, size and layout), so each env gets a
+    copy of the code object, hence its own cache, compiled for its fixed size.
+    """
+    code_copy = function.__code__.replace()
+    fresh = types.FunctionType(code_copy, function.__globals__, function.__name__, function.__defaults__, function.__closure__)
+    return torch.compile(types.MethodType(fresh, owner), dynamic=False)
 
 
 def _action_dtype(space: spaces.Space) -> torch.dtype:
@@ -142,7 +164,7 @@ class TensorEnv(Generic[TasksT, StateT]):
         self._tasks: TasksT = self._checked_tasks(
             tasks if tasks is not None else family.task_space.default().repeat_interleave(num_envs)
         )
-        self._advance = torch.compile(self._advance_pure, dynamic=False) if compile else self._advance_pure
+        self._advance = _compiled_method(self, TensorEnv._advance_pure) if compile else self._advance_pure
         self._state: StateT | None = None
         self._obs: torch.Tensor | None = None
         self._episode_return = torch.zeros(num_envs, device=self.device)

@@ -252,3 +252,21 @@ class GRUPolicy(_PolicyBase):
 
 
 Policy = MLPPolicy | GRUPolicy
+
+
+@torch.no_grad()
+def init_parameters(policy: nn.Module, generator: torch.Generator) -> nn.Module:
+    """Re-draw every linear layer's parameters from ``generator`` (PyTorch's default scheme, no global RNG).
+
+    Weights ~ U(±1/sqrt(fan_in)) as ``nn.Linear`` does (kaiming-uniform with
+    a=sqrt(5)); biases likewise; a GRU's gate layers use U(±1/sqrt(hidden)) as
+    ``nn.GRUCell`` does. Log-std parameters keep their initial value.
+    """
+    gru_gates = {id(m) for m in policy.modules() if isinstance(m, GRUPolicy) for m in (m.input_gates, m.hidden_gates)}
+    for module in policy.modules():
+        if isinstance(module, nn.Linear):
+            fan = module.out_features // 3 if id(module) in gru_gates else module.in_features
+            bound = 1.0 / math.sqrt(fan)
+            module.weight.uniform_(-bound, bound, generator=generator)
+            module.bias.uniform_(-bound, bound, generator=generator)
+    return policy

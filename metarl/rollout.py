@@ -256,19 +256,43 @@ def collect(
     return traj, RolloutCarry(obs, hidden)
 
 
+def to_task_major(x: torch.Tensor, num_tasks: int) -> torch.Tensor:
+    """``(T, M*E, ...)`` rollout data as ``(M, T*E, ...)``: each task's samples contiguous."""
+    num_steps, num_envs = x.shape[:2]
+    if num_envs % num_tasks:
+        raise ValueError(f"{num_envs} envs cannot be split evenly among {num_tasks} tasks")
+    per_task = num_envs // num_tasks
+    x = x.reshape(num_steps, num_tasks, per_task, *x.shape[2:]).transpose(0, 1)
+    return x.reshape(num_tasks, num_steps * per_task, *x.shape[3:])
+
+
+def from_task_major(x: torch.Tensor, num_steps: int) -> torch.Tensor:
+    """Inverse of :func:`to_task_major`: ``(M, T*E, ...)`` back to ``(T, M*E, ...)``."""
+    num_tasks, samples = x.shape[:2]
+    per_task = samples // num_steps
+    x = x.reshape(num_tasks, num_steps, per_task, *x.shape[2:]).transpose(0, 1)
+    return x.reshape(num_steps, num_tasks * per_task, *x.shape[3:])
+
+
+def evaluate_actions(
+    policy: nn.Module, params: Params, obs: torch.Tensor, actions: torch.Tensor, num_tasks: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probabilities and distribution parameters of stored ``(T, N)`` actions under ``params``.
+
+    Feed-forward policies only. Results are task-major, ``(M, T*E)`` and
+    ``(M, T*E, P)``, the layout per-task losses reduce over; ``params`` may
+    carry a task dimension of size ``num_tasks`` (differentiable either way).
+    """
+    obs_tm = to_task_major(obs, num_tasks)
+    out = policy_forward(policy, params, obs_tm.flatten(0, 1), None)
+    dist_params = out.dist_params.reshape(*obs_tm.shape[:2], -1)
+    return policy.action_dist.log_prob(dist_params, to_task_major(actions, num_tasks)), dist_params
+
+
 def _values_over_time(policy: nn.Module, params: Params, obs: torch.Tensor, hidden: torch.Tensor | None) -> torch.Tensor:
     """Values of ``(T, N, ...)`` observations in one call (time folded into the batch per task)."""
     num_steps, num_envs = obs.shape[:2]
-    num_tasks = task_batch_size(policy, params)
-    if num_tasks is None:
-        return policy_forward(policy, params, obs.flatten(0, 1), hidden).value.reshape(num_steps, num_envs)
-    # Keep each task's envs contiguous: (T, M, E) -> (M, T, E) before folding.
-    per_task = num_envs // num_tasks
-
-    def by_task(x: torch.Tensor) -> torch.Tensor:
-        x = x.reshape(num_steps, num_tasks, per_task, *x.shape[2:]).transpose(0, 1)
-        return x.reshape(num_tasks * num_steps * per_task, *x.shape[3:])
-
-    hidden_tn = None if hidden is None else hidden.reshape(num_steps, num_envs, -1)
-    values = policy_forward(policy, params, by_task(obs), None if hidden_tn is None else by_task(hidden_tn)).value
-    return values.reshape(num_tasks, num_steps, per_task).transpose(0, 1).reshape(num_steps, num_envs)
+    num_tasks = task_batch_size(policy, params) or 1
+    hidden_tn = None if hidden is None else to_task_major(hidden.reshape(num_steps, num_envs, -1), num_tasks).flatten(0, 1)
+    values = policy_forward(policy, params, to_task_major(obs, num_tasks).flatten(0, 1), hidden_tn).value
+    return from_task_major(values.reshape(num_tasks, -1), num_steps)

@@ -30,6 +30,10 @@ Run::
     python scripts/bench_rollout.py                       # CPU, N = 64, 1024, 4096, 16384
     python scripts/bench_rollout.py --device cuda         # GPU, N = 4096, 16384, 65536
     python scripts/bench_rollout.py --num-envs 64 1024 --no-compile --json-out bench.json
+
+On a small machine that is also doing other work, pass ``--threads 1``: with
+torch's default of one thread per core, a busy core stalls every parallel op
+(steps then vary by 10-100x from one repeat to the next).
 """
 
 from __future__ import annotations
@@ -82,6 +86,7 @@ class Config:
     num_envs: tuple[int, ...] | None = None
     """numbers of envs; default (64, 1024, 4096, 16384) on CPU, (4096, 16384, 65536) on CUDA."""
     families: tuple[Family, ...] = ("Navigation2D", "CartPole")
+    """task families to measure (metarl/<name>-v0)."""
     threads: int | None = None
     """torch.set_num_threads (default: torch's own choice)."""
     compile: bool = True
@@ -93,7 +98,7 @@ class Config:
     repeats: int = 3
     """timed repeats per configuration; the median is reported."""
     warmup_steps: int = 5
-    """untimed steps before timing (for compile=True: the compile time reported)."""
+    """untimed steps before timing (for compile=True, building and warming up is the compile time reported)."""
     rollout_steps: int = 32
     """T of each collect call in the env+policy rows."""
     json_out: Path | None = None
@@ -113,7 +118,7 @@ class Result:
     repeats_steps_per_s: list[float] = dataclasses.field(default_factory=list)
     env_steps_per_repeat: int = 0
     setup_s: float = 0.0  # building the env(s)
-    warmup_s: float = 0.0  # untimed warm-up; compile time for "ours_compiled"
+    warmup_s: float = 0.0  # untimed warm-up (for "ours_compiled", setup + warm-up is the compile time)
     error: str | None = None
 
 
@@ -154,7 +159,9 @@ class PointRobotEnv(gymnasium.Env[np.ndarray, np.ndarray]):
 
 
 def synchronizer(device: torch.device) -> Callable[[], None]:
-    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
 
 
 def timed(
@@ -213,6 +220,9 @@ def run_measurement(result: Result, build: Builder, sync: Callable[[], None], cf
         gc.collect()
     result.repeats_steps_per_s = rates
     result.steps_per_s = statistics.median(rates)
+    spread = f"{human(min(rates))}-{human(max(rates))}"
+    times = f"setup {result.setup_s:.1f}s, warm-up {result.warmup_s:.1f}s"
+    print(f"  {result.impl:<15} {human(result.steps_per_s):>6} env-steps/s ({spread}; {times})", flush=True)
     return result
 
 
@@ -220,8 +230,16 @@ def run_measurement(result: Result, build: Builder, sync: Callable[[], None], cf
 
 
 def make_ours(family: str, num_envs: int, device: torch.device, compiled: bool) -> metarl.TensorEnv:
-    """Our env with ``num_envs`` sampled train tasks, one per env, reset; ``compile`` passed only when set."""
-    extra = {"compile": True} if compiled else {}
+    """Our env with ``num_envs`` sampled train tasks, one per env, reset; ``compile`` passed only when set.
+
+    Compiled envs start from empty compile caches, so each configuration's compile
+    time is its own, and earlier sizes and families cannot use up Dynamo's
+    recompile limit (past it, the step silently runs eagerly).
+    """
+    extra: dict[str, Any] = {}
+    if compiled:
+        torch.compiler.reset()
+        extra["compile"] = True
     env = metarl.make_env(FAMILY_IDS[family], num_envs=num_envs, device=device, seed=0, validate_actions=False, **extra)
     env.set_tasks(env.sample_tasks(num_envs, generator=torch.Generator().manual_seed(0)))
     env.reset(seed=0)
@@ -349,7 +367,8 @@ def print_table(results: list[Result], family: str, num_envs: tuple[int, ...]) -
         get = lambda impl, n=n: lookup(results, family, n, impl)  # noqa: E731
         ours = best(get("ours"), get("ours_compiled"))
         compiled = next((r for r in results if (r.family, r.num_envs, r.impl) == (family, n, "ours_compiled")), None)
-        compile_s = f"{compiled.warmup_s:.1f}" if compiled and compiled.steps_per_s is not None else "n/a"
+        # Building and warming up a compiled env is its compile time (eager ones take milliseconds).
+        compile_s = f"{compiled.setup_s + compiled.warmup_s:.1f}" if compiled and compiled.steps_per_s is not None else "n/a"
         rows.append(
             (
                 str(n),
@@ -404,10 +423,11 @@ def targets(results: list[Result], cfg: Config, num_envs: tuple[int, ...], devic
         checks.append(Target(name, value, TARGET_CUDA_NAV, f"{human(value)} env-steps/s"))
     for check in checks:
         if check.name.startswith("CUDA") and device.type != "cuda":
-            check.status = "n/a on CPU (run with --device cuda)"
+            check.status, check.detail = "n/a on CPU (run with --device cuda)", "n/a"
         elif check.value is None:
             size = n_gpu if check.name.startswith("CUDA") else n
             check.status = "not measured" + ("" if size in num_envs else f" ({size} not in --num-envs)")
+            check.detail = "n/a"
         else:
             check.status = "met" if check.value >= check.threshold else "NOT MET"
     return checks

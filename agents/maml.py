@@ -1,0 +1,340 @@
+"""MAML-RL: model-agnostic meta-learning for policies (Finn, Abbeel and Levine 2017).
+
+Reads top to bottom:
+
+1. sample a meta-batch of M training tasks; env ``i`` of the ``M x E`` batch runs task ``i // E``;
+2. **inner loop**: collect trajectories with the current parameters, fit a
+   linear baseline per task, and take policy-gradient steps on per-task
+   copies of the parameters, all tasks in one batched computation;
+3. collect validation trajectories with every task's adapted parameters (one
+   rollout: each task acts with its own parameters in the same step);
+4. **outer loop**: TRPO (natural gradient with a KL bound measured *through*
+   the adaptation, as in the paper) or PPO-clip on the validation returns,
+   differentiating through the inner steps (second order) or not (first order).
+
+Optional Meta-SGD (Li et al. 2017): learned per-parameter inner step sizes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+import torch
+from torch.func import functional_call, vmap
+
+import metarl
+from agents.baselines import LinearFeatureBaseline
+from agents.losses import ppo_clip_loss, reinforce_loss, surrogate_loss
+from agents.trpo import trpo_step
+from metarl.env import TensorEnv
+from metarl.policies import MLPPolicy, init_parameters
+from metarl.returns import discounted_returns, gae, next_values
+from metarl.rollout import Params, collect, policy_forward, start, task_batch_size, to_task_major
+from metarl.tasks import Tasks
+
+
+@dataclasses.dataclass
+class MAMLConfig:
+    """MAML-RL hyperparameters. Defaults: the paper's 2-D navigation setting."""
+
+    env_id: str = "metarl/Navigation2D-v0"
+    """Registered task family to meta-train on."""
+    meta_batch_size: int = 20
+    """Tasks per meta-iteration (M)."""
+    episodes_per_task: int = 20
+    """Envs per task (E); each collects ``horizon`` steps per rollout."""
+    horizon: int | None = None
+    """Rollout length in steps; default: the family's episode limit."""
+    inner_steps: int = 1
+    """Policy-gradient adaptation steps per task (0: plain multi-task training, the 'pretrained' baseline)."""
+    inner_lr: float = 0.1
+    """Inner-loop step size (the initial value when learned)."""
+    first_order: bool = False
+    """Drop second-order terms (FOMAML)."""
+    learn_inner_lr: bool = False
+    """Meta-learn one inner step size per parameter (Meta-SGD)."""
+    inner_loop: Literal["batched", "looped"] = "batched"
+    """Adapt all tasks in one batched computation, or one task at a time (for comparison)."""
+    outer: Literal["trpo", "ppo"] = "trpo"
+    """Outer optimiser."""
+    max_kl: float = 0.01
+    """TRPO: KL bound of a meta-update."""
+    cg_iters: int = 10
+    """TRPO: conjugate-gradient iterations."""
+    cg_damping: float = 1e-5
+    """TRPO: damping added to Fisher-vector products."""
+    ls_max_steps: int = 15
+    """TRPO: line-search steps."""
+    ls_backtrack: float = 0.8
+    """TRPO: line-search shrink factor."""
+    ppo_epochs: int = 5
+    """PPO: outer epochs per meta-iteration."""
+    ppo_clip: float = 0.2
+    """PPO: ratio clip."""
+    outer_lr: float = 3e-4
+    """PPO: Adam step size."""
+    gamma: float = 0.99
+    """Discount."""
+    gae_lambda: float = 1.0
+    """GAE lambda (1.0: Monte-Carlo returns minus the baseline)."""
+    hidden_sizes: tuple[int, ...] = (64, 64)
+    """Policy MLP widths."""
+    activation: str = "tanh"
+    """Policy activation (tanh or relu)."""
+    init_log_std: float = 0.0
+    """Initial log standard deviation of Gaussian policies."""
+    device: str = "cpu"
+    """Torch device for envs, policy and updates."""
+    seed: int = 0
+    """Seed of every generator the agent owns."""
+
+    def __post_init__(self) -> None:
+        positive_ints = ("meta_batch_size", "episodes_per_task", "cg_iters", "ls_max_steps", "ppo_epochs")
+        for name in positive_ints:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.horizon is not None and (not isinstance(self.horizon, int) or self.horizon < 1):
+            raise ValueError(f"horizon must be a positive int or None, got {self.horizon!r}")
+        if not isinstance(self.inner_steps, int) or self.inner_steps < 0:
+            raise ValueError(f"inner_steps must be a non-negative int, got {self.inner_steps!r}")
+        for name in ("inner_lr", "max_kl", "outer_lr", "ppo_clip"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if self.cg_damping < 0:
+            raise ValueError(f"cg_damping must be non-negative, got {self.cg_damping!r}")
+        if not 0 < self.ls_backtrack < 1:
+            raise ValueError(f"ls_backtrack must lie in (0, 1), got {self.ls_backtrack!r}")
+        for name in ("gamma", "gae_lambda"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)!r}")
+        if self.inner_loop not in ("batched", "looped"):
+            raise ValueError(f"inner_loop must be 'batched' or 'looped', got {self.inner_loop!r}")
+        if self.outer not in ("trpo", "ppo"):
+            raise ValueError(f"outer must be 'trpo' or 'ppo', got {self.outer!r}")
+        if any(h < 1 for h in self.hidden_sizes):
+            raise ValueError(f"hidden_sizes must be positive, got {self.hidden_sizes!r}")
+
+
+@dataclasses.dataclass
+class _Batch:
+    """One rollout of M tasks and what the losses need from it, task-major: ``(M, T*E, ...)``."""
+
+    obs: torch.Tensor
+    actions: torch.Tensor
+    log_probs: torch.Tensor
+    dist_params: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor  # (M,) mean episode return per task
+
+
+class MAML:
+    """The MAML-RL meta-learner (see the module docstring); follows :class:`metarl.agent.MetaLearner`."""
+
+    def __init__(self, config: MAMLConfig) -> None:
+        self.config = config
+        self.device = torch.device(config.device)
+        self.family = metarl.make_family(config.env_id)
+        horizon = config.horizon or self.family.max_episode_steps
+        if horizon is None:
+            raise ValueError(f"{config.env_id} has no episode limit; set horizon")
+        self.horizon = horizon
+        obs_space = self.family.observation_space
+        self.policy = MLPPolicy(
+            int(obs_space.shape[0]),
+            self.family.action_space,
+            config.hidden_sizes,
+            config.activation,
+            init_log_std=config.init_log_std,
+        ).to(self.device)
+        init_parameters(self.policy, torch.Generator().manual_seed(config.seed))
+        self.inner_lrs = {
+            name: torch.full_like(p, config.inner_lr, requires_grad=config.learn_inner_lr)
+            for name, p in self.policy.named_parameters()
+        }
+        self.baseline = LinearFeatureBaseline()
+        self.task_generator = torch.Generator().manual_seed(config.seed)
+        self.action_generator = torch.Generator(device=self.device).manual_seed(config.seed + 1)
+        self.env = self._make_env(config.meta_batch_size)
+        self._eval_envs: dict[int, TensorEnv] = {}
+        self.optimizer = torch.optim.Adam(self._outer_params().values(), lr=config.outer_lr) if config.outer == "ppo" else None
+        self.iteration = 0
+
+    # --- parameters -------------------------------------------------------------
+    def _outer_params(self) -> Params:
+        """What the outer loop optimises: the policy, plus the inner step sizes under Meta-SGD."""
+        params = dict(self.policy.named_parameters())
+        if self.config.learn_inner_lr:
+            params.update({f"inner_lr/{k}": v for k, v in self.inner_lrs.items()})
+        return params
+
+    def _make_env(self, num_tasks: int) -> TensorEnv:
+        env = TensorEnv(
+            self.family,
+            num_envs=num_tasks * self.config.episodes_per_task,
+            device=self.device,
+            seed=self.config.seed + 2,
+            validate_actions=False,
+        )
+        return env
+
+    # --- sampling and advantages -----------------------------------------------------
+    def _rollout(self, env: TensorEnv, params: Params, num_tasks: int) -> _Batch:
+        carry = start(env, self.policy)
+        traj, _ = collect(env, self.policy, params, self.horizon, carry, generator=self.action_generator)
+        # The horizon is the objective (as in the paper): episode ends and the rollout end are not bootstrapped.
+        returns = discounted_returns(traj.rewards, traj.terminated, traj.truncated, self.config.gamma)
+        values = self.baseline.fit_predict(traj.obs, traj.done, returns, num_tasks)
+        nv = next_values(values, None, traj.terminated, traj.truncated)
+        adv, _ = gae(traj.rewards, values, nv, traj.done, self.config.gamma, self.config.gae_lambda)
+        adv = to_task_major(adv, num_tasks)
+        adv = (adv - adv.mean(dim=1, keepdim=True)) / (adv.std(dim=1, keepdim=True) + 1e-8)
+        done = to_task_major(traj.done, num_tasks)
+        ep_return = to_task_major(traj.episode_return, num_tasks)
+        per_task = (ep_return * done).sum(1) / done.sum(1).clamp_min(1)
+        return _Batch(
+            obs=to_task_major(traj.obs, num_tasks),
+            actions=to_task_major(traj.actions, num_tasks),
+            log_probs=to_task_major(traj.log_probs, num_tasks),
+            dist_params=to_task_major(traj.dist_params, num_tasks),
+            advantages=adv,
+            returns=per_task,
+        )
+
+    # --- the inner loop -----------------------------------------------------------------
+    def _task_loss(self, params: Params, obs: torch.Tensor, actions: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
+        """The inner (REINFORCE) loss of one task's samples under one set of parameters."""
+        dist_params = functional_call(self.policy, params, (obs, None)).dist_params
+        return reinforce_loss(self.policy.action_dist.log_prob(dist_params, actions), advantages)
+
+    def _adapt(self, params: Params, lrs: Params, batch: _Batch, first_order: bool) -> Params:
+        """One inner policy-gradient step on every task: per-task parameters ``(M, ...)``.
+
+        ``params`` are shared (the meta-parameters) or per task (after an
+        earlier step); ``lrs`` are the step sizes. ``torch.func.grad`` keeps
+        the step differentiable (second order) and ``torch.func``-transformable
+        (TRPO's Fisher-vector products); ``vmap`` runs all tasks at once.
+        """
+        num_tasks = batch.obs.shape[0]
+        shared = task_batch_size(self.policy, params) is None
+        task_grad = torch.func.grad(self._task_loss)
+        if self.config.inner_loop == "batched":
+            grads = vmap(task_grad, in_dims=(None if shared else 0, 0, 0, 0))(params, batch.obs, batch.actions, batch.advantages)
+        else:
+            per_task = [
+                task_grad(params if shared else {k: v[i] for k, v in params.items()}, batch.obs[i], batch.actions[i], batch.advantages[i])
+                for i in range(num_tasks)
+            ]
+            grads = {k: torch.stack([g[k] for g in per_task]) for k in params}
+        if first_order:
+            grads = {k: g.detach() for k, g in grads.items()}
+        return {k: (v.expand(num_tasks, *v.shape) if shared else v) - lrs[k] * grads[k] for k, v in params.items()}
+
+    def _split_outer(self, outer: Params) -> tuple[Params, Params]:
+        """Outer parameters as (policy parameters, inner step sizes)."""
+        policy = {k: outer[k] for k in self.inner_lrs}
+        lrs = {k: outer.get(f"inner_lr/{k}", self.inner_lrs[k]) for k in self.inner_lrs}
+        return policy, lrs
+
+    def _replay_adaptation(self, outer: Params, batches: list[_Batch]) -> Params:
+        """The adapted parameters as a differentiable function of the outer parameters, from stored batches."""
+        params, lrs = self._split_outer(outer)
+        for batch in batches:
+            params = self._adapt(params, lrs, batch, first_order=self.config.first_order)
+        return params
+
+    def _sample_adaptation(self, env: TensorEnv, num_tasks: int, num_steps: int) -> tuple[list[_Batch], _Batch]:
+        """Roll out and adapt ``num_steps`` times, keeping no graph; returns the inner batches and the last batch."""
+        params, lrs = self._split_outer(self._outer_params())
+        params = {k: v.detach() for k, v in params.items()}
+        lrs = {k: v.detach() for k, v in lrs.items()}
+        inner: list[_Batch] = []
+        batch = self._rollout(env, params, num_tasks)
+        for _ in range(num_steps):
+            inner.append(batch)
+            params = {k: v.detach() for k, v in self._adapt(params, lrs, batch, first_order=True).items()}
+            batch = self._rollout(env, params, num_tasks)
+        return inner, batch
+
+    # --- the outer loop ---------------------------------------------------------------
+    def meta_train_step(self) -> dict[str, float]:
+        """One meta-iteration; returns pre-/post-adaptation returns and optimiser statistics."""
+        cfg = self.config
+        num_tasks = cfg.meta_batch_size
+        tasks = self.family.task_space.sample(num_tasks, generator=self.task_generator, split="train")
+        self.env.set_tasks(tasks.repeat_interleave(cfg.episodes_per_task))
+        inner, valid = self._sample_adaptation(self.env, num_tasks, cfg.inner_steps)
+        dist = self.policy.action_dist
+
+        def outputs(outer: Params) -> torch.Tensor:
+            """The adapted policies' distribution parameters on the validation samples."""
+            adapted = self._replay_adaptation(outer, inner)
+            flat_obs = valid.obs.flatten(0, 1)
+            return policy_forward(self.policy, adapted, flat_obs).dist_params.reshape(*valid.obs.shape[:2], -1)
+
+        def surrogate(outer: Params) -> torch.Tensor:
+            return surrogate_loss(dist.log_prob(outputs(outer), valid.actions), valid.log_probs, valid.advantages).mean()
+
+        def kl(new_dist_params: torch.Tensor) -> torch.Tensor:
+            return dist.kl(valid.dist_params, new_dist_params).mean()
+
+        params = self._outer_params()
+        if cfg.outer == "trpo":
+            stats = trpo_step(params, surrogate, outputs, kl, cfg.max_kl, cfg.cg_iters, cfg.cg_damping, cfg.ls_max_steps, cfg.ls_backtrack)
+        else:
+            assert self.optimizer is not None
+            for _ in range(cfg.ppo_epochs):
+                new = outputs(params)
+                loss = ppo_clip_loss(dist.log_prob(new, valid.actions), valid.log_probs, valid.advantages, cfg.ppo_clip).mean()
+                self.optimizer.zero_grad()
+                loss.backward()
+                self.optimizer.step()
+            stats = {"surrogate": float(loss), "kl": float(kl(new.detach()))}
+        if cfg.learn_inner_lr:
+            with torch.no_grad():
+                for lr in self.inner_lrs.values():
+                    lr.clamp_(min=1e-6)  # a negative step size would ascend the inner loss
+        self.iteration += 1
+        pre = inner[0].returns.mean() if inner else valid.returns.mean()
+        return {"return_before_adaptation": float(pre), "return_after_adaptation": float(valid.returns.mean()), **stats}
+
+    # --- evaluation -----------------------------------------------------------------------
+    def adaptation_curve(self, tasks: Tasks, num_steps: int, generator: torch.Generator) -> torch.Tensor:
+        """Mean episode return per task after 0..``num_steps`` inner steps, ``(num_steps + 1, M)``."""
+        num_tasks = len(tasks)
+        env = self._eval_envs.get(num_tasks) or self._eval_envs.setdefault(num_tasks, self._make_env(num_tasks))
+        env.set_tasks(tasks.repeat_interleave(self.config.episodes_per_task))
+        env.generator.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
+        saved = self.action_generator.get_state()
+        self.action_generator.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
+        try:
+            inner, final = self._sample_adaptation(env, num_tasks, num_steps)
+        finally:
+            self.action_generator.set_state(saved)  # evaluating never changes the training stream
+        return torch.stack([b.returns for b in [*inner, final]]).cpu()
+
+    # --- state ----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "config": dataclasses.asdict(self.config),
+            "policy": self.policy.state_dict(),
+            "inner_lrs": {k: v.detach().clone() for k, v in self.inner_lrs.items()},
+            "optimizer": self.optimizer.state_dict() if self.optimizer else None,
+            "task_generator": self.task_generator.get_state(),
+            "action_generator": self.action_generator.get_state(),
+            "env_generator": self.env.generator.get_state(),
+            "iteration": self.iteration,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.policy.load_state_dict(state["policy"])
+        with torch.no_grad():
+            for k, v in state["inner_lrs"].items():
+                self.inner_lrs[k].copy_(v)
+        if self.optimizer is not None and state["optimizer"] is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.task_generator.set_state(state["task_generator"])
+        self.action_generator.set_state(state["action_generator"])
+        self.env.generator.set_state(state["env_generator"])
+        self.iteration = state["iteration"]

@@ -1,0 +1,201 @@
+"""MAML-RL: meta-gradients against finite differences, the TRPO bound, learning, refused settings."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+import envs  # noqa: F401
+import metarl
+from agents.maml import MAML, MAMLConfig, _Batch
+from agents.trpo import flat, trpo_step
+from metarl.evaluation import held_out_tasks, EvalConfig
+from metarl.rollout import policy_forward
+
+TINY = dict(meta_batch_size=3, episodes_per_task=2, horizon=6, hidden_sizes=(8,))
+
+
+def synthetic_batch(agent: MAML, num_tasks: int, samples: int, generator: torch.Generator) -> _Batch:
+    """A float64 batch of made-up samples: the meta-gradient checks need data, not an env."""
+    obs = torch.randn(num_tasks, samples, 2, generator=generator, dtype=torch.float64)
+    actions = torch.randn(num_tasks, samples, 2, generator=generator, dtype=torch.float64) * 0.5
+    params = {k: v.detach() for k, v in agent.policy.named_parameters()}
+    dist_params = policy_forward(agent.policy, params, obs.flatten(0, 1)).dist_params.reshape(num_tasks, samples, -1)
+    log_probs = agent.policy.action_dist.log_prob(dist_params, actions)
+    advantages = torch.randn(num_tasks, samples, generator=generator, dtype=torch.float64)
+    return _Batch(obs, actions, log_probs, dist_params, advantages, torch.zeros(num_tasks, dtype=torch.float64))
+
+
+def meta_objective(agent: MAML, inner: list[_Batch], valid: _Batch):
+    def objective(outer: dict[str, torch.Tensor]) -> torch.Tensor:
+        adapted = agent._replay_adaptation(outer, inner)
+        dist = policy_forward(agent.policy, adapted, valid.obs.flatten(0, 1)).dist_params.reshape(*valid.obs.shape[:2], -1)
+        log_probs = agent.policy.action_dist.log_prob(dist, valid.actions)
+        return -(torch.exp(log_probs - valid.log_probs) * valid.advantages).mean()
+
+    return objective
+
+
+def float64_agent(**overrides) -> MAML:
+    agent = MAML(MAMLConfig(**{**TINY, **overrides}))
+    agent.policy.double()
+    agent.inner_lrs = {k: v.detach().double().requires_grad_(agent.config.learn_inner_lr) for k, v in agent.inner_lrs.items()}
+    return agent
+
+
+def directional_fd(objective, outer: dict[str, torch.Tensor], direction: dict[str, torch.Tensor], eps: float = 1e-6) -> float:
+    with torch.no_grad():
+        plus = objective({k: v + eps * direction[k] for k, v in outer.items()})
+        minus = objective({k: v - eps * direction[k] for k, v in outer.items()})
+    return float((plus - minus) / (2 * eps))
+
+
+@pytest.mark.parametrize("inner_steps", [1, 2])
+@pytest.mark.parametrize("learn_inner_lr", [False, True])
+@pytest.mark.parametrize("inner_loop", ["batched", "looped"])
+def test_second_order_meta_gradient_matches_finite_differences(inner_steps: int, learn_inner_lr: bool, inner_loop: str) -> None:
+    gen = torch.Generator().manual_seed(0)
+    agent = float64_agent(learn_inner_lr=learn_inner_lr, inner_loop=inner_loop, inner_lr=0.5)
+    inner = [synthetic_batch(agent, 3, 7, gen) for _ in range(inner_steps)]
+    valid = synthetic_batch(agent, 3, 9, gen)
+    objective = meta_objective(agent, inner, valid)
+    outer = agent._outer_params()
+    grads = torch.autograd.grad(objective(outer), list(outer.values()))
+    for _ in range(3):
+        direction = {k: torch.randn(v.shape, generator=gen, dtype=torch.float64) for k, v in outer.items()}
+        analytic = float(sum((g * direction[k]).sum() for g, k in zip(grads, outer, strict=True)))
+        assert analytic == pytest.approx(directional_fd(objective, outer, direction), rel=1e-6, abs=1e-9)
+
+
+def test_first_order_gradient_is_the_gradient_at_the_adapted_parameters() -> None:
+    gen = torch.Generator().manual_seed(1)
+    first = float64_agent(first_order=True, inner_lr=0.5)
+    second = float64_agent(first_order=False, inner_lr=0.5)
+    inner, valid = [synthetic_batch(first, 3, 7, gen)], synthetic_batch(first, 3, 9, gen)
+    outer = first._outer_params()
+    fo_grads = torch.autograd.grad(meta_objective(first, inner, valid)(outer), list(outer.values()))
+    # FOMAML: d/dtheta of L(adapted) with the adaptation's Jacobian taken as the identity,
+    # i.e. the sum over tasks of the gradient at each task's adapted parameters.
+    adapted = {k: v.detach().requires_grad_() for k, v in first._replay_adaptation(outer, inner).items()}
+    dist = policy_forward(first.policy, adapted, valid.obs.flatten(0, 1)).dist_params.reshape(3, 9, -1)
+    loss = -(torch.exp(first.policy.action_dist.log_prob(dist, valid.actions) - valid.log_probs) * valid.advantages).mean()
+    at_adapted = torch.autograd.grad(loss, list(adapted.values()))
+    for g, a in zip(fo_grads, at_adapted, strict=True):
+        torch.testing.assert_close(g, a.sum(0))
+    so_grads = torch.autograd.grad(meta_objective(second, inner, valid)(second._outer_params()), list(second._outer_params().values()))
+    assert not torch.allclose(flat(list(fo_grads)), flat(list(so_grads)))  # the second-order terms matter here
+
+
+def test_trpo_step_respects_the_kl_bound_and_improves() -> None:
+    gen = torch.Generator().manual_seed(2)
+    mean = torch.zeros(4, requires_grad=True)
+    target = torch.randn(500, 4, generator=gen)
+    old = torch.zeros(500, 8)  # N(0, 1) in every dimension
+
+    def outputs(p: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.cat([p["mean"].expand(500, 4), torch.zeros(500, 4)], dim=1)
+
+    dist = metarl.policies.DiagGaussian(4)
+
+    def kl(new: torch.Tensor) -> torch.Tensor:
+        return dist.kl(old, new).mean()
+
+    def loss(p: dict[str, torch.Tensor]) -> torch.Tensor:
+        return ((outputs(p)[:, :4] - target - 3.0) ** 2).mean()
+
+    params = {"mean": mean}
+    before = float(loss(params))
+    stats = trpo_step(params, loss, outputs, kl, max_kl=0.01)
+    assert float(kl(outputs(params))) <= 0.01 + 1e-7
+    assert float(loss(params)) < before and stats["improvement"] > 0
+    # The step uses (nearly) the whole trust region: KL(N(0,1) || N(m,1)) = |m|^2 / 2.
+    assert 0.5 * float(mean.detach().square().sum()) == pytest.approx(0.01, rel=0.25)
+
+
+def test_meta_update_keeps_kl_through_adaptation_within_bound() -> None:
+    agent = MAML(MAMLConfig(**{**TINY, "horizon": 20, "max_kl": 0.005}))
+    stats = agent.meta_train_step()
+    assert 0 < stats["kl"] <= 0.005
+
+
+def test_ppo_outer_loop_runs_and_moves_parameters() -> None:
+    agent = MAML(MAMLConfig(**{**TINY, "outer": "ppo", "learn_inner_lr": True}))
+    before = flat({k: v.detach().clone() for k, v in agent._outer_params().items()})
+    stats = agent.meta_train_step()
+    assert set(stats) >= {"return_before_adaptation", "return_after_adaptation", "kl"}
+    assert not torch.equal(before, flat(agent._outer_params()))
+
+
+def test_same_seed_same_meta_training() -> None:
+    runs = []
+    for _ in range(2):
+        agent = MAML(MAMLConfig(**TINY))
+        for _ in range(2):
+            agent.meta_train_step()
+        runs.append(flat(dict(agent.policy.named_parameters())).detach())
+    torch.testing.assert_close(runs[0], runs[1], rtol=0, atol=0)
+
+
+def test_state_dict_resumes_exactly() -> None:
+    straight = MAML(MAMLConfig(**TINY))
+    for _ in range(3):
+        straight.meta_train_step()
+    first = MAML(MAMLConfig(**TINY))
+    first.meta_train_step()
+    state = first.state_dict()
+    resumed = MAML(MAMLConfig(**TINY))
+    resumed.load_state_dict(state)
+    for _ in range(2):
+        resumed.meta_train_step()
+    torch.testing.assert_close(flat(dict(straight.policy.named_parameters())), flat(dict(resumed.policy.named_parameters())), rtol=0, atol=0)
+    assert resumed.iteration == 3
+
+
+def test_adaptation_curve_shape_and_no_side_effects() -> None:
+    agent = MAML(MAMLConfig(**TINY))
+    tasks = held_out_tasks(agent.family, EvalConfig(num_tasks=4))
+    state = agent.action_generator.get_state()
+    curve = agent.adaptation_curve(tasks, 2, torch.Generator().manual_seed(0))
+    assert curve.shape == (3, 4)
+    assert torch.equal(agent.action_generator.get_state(), state)
+    again = agent.adaptation_curve(tasks, 2, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(curve, again)
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ({"inner_lr": 0.0}, "inner_lr must be positive, got 0.0"),
+        ({"inner_lr": -0.1}, "inner_lr must be positive, got -0.1"),
+        ({"meta_batch_size": 0}, "meta_batch_size must be a positive int, got 0"),
+        ({"horizon": 0}, "horizon must be a positive int or None, got 0"),
+        ({"max_kl": 0.0}, "max_kl must be positive"),
+        ({"gamma": 1.5}, r"gamma must lie in \[0, 1\], got 1.5"),
+        ({"inner_steps": -1}, "inner_steps must be a non-negative int, got -1"),
+        ({"outer": "sgd"}, "outer must be 'trpo' or 'ppo', got 'sgd'"),
+        ({"ls_backtrack": 1.0}, r"ls_backtrack must lie in \(0, 1\)"),
+    ],
+)
+def test_bad_hyperparameters_are_refused(override: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        MAMLConfig(**override)
+
+
+def test_unknown_env_is_refused_before_any_work() -> None:
+    with pytest.raises(metarl.UnknownFamilyError, match="Did you mean 'metarl/Navigation2D-v0'"):
+        MAML(MAMLConfig(env_id="metarl/Navigation2d-v0"))
+
+
+@pytest.mark.slow
+def test_maml_learns_to_adapt_on_held_out_goals() -> None:
+    torch.set_num_threads(1)
+    config = MAMLConfig(meta_batch_size=10, episodes_per_task=10, seed=0)
+    agent = MAML(config)
+    for _ in range(40):
+        agent.meta_train_step()
+    tasks = held_out_tasks(agent.family, EvalConfig(num_tasks=20))
+    curve = agent.adaptation_curve(tasks, 1, torch.Generator().manual_seed(0)).mean(dim=1)
+    before, after = float(curve[0]), float(curve[1])
+    assert after > before + 5.0, f"post-adaptation return {after:.1f} should clearly beat pre-adaptation {before:.1f}"
