@@ -8,7 +8,7 @@ import torch
 import envs  # noqa: F401
 import metarl
 from envs.navigation import NavigationTasks
-from metarl.policies import GRUPolicy, MLPPolicy
+from metarl.policies import GRUPolicy, MLPPolicy, init_parameters
 from metarl.rollout import collect, policy_forward, start, task_batch_size
 
 
@@ -81,8 +81,8 @@ def test_params_that_do_not_fit_are_refused() -> None:
 
 
 def test_recurrent_memory_resets_exactly_where_told() -> None:
-    env = nav(torch.tensor([[0.3, 0.3], [0.0, 0.02]]), per_task=2)
-    policy = GRUPolicy(2, env.single_action_space, hidden_size=16)
+    env = nav(torch.tensor([[0.3, 0.3], [-0.4, 0.2]]), per_task=2)  # goals too far for a random policy to reach
+    policy = init_parameters(GRUPolicy(2, env.single_action_space, hidden_size=16), torch.Generator().manual_seed(0))
     params = dict(policy.named_parameters())
     traj, carry = collect(env, policy, params, 230, start(env, policy, seed=0), generator=torch.Generator().manual_seed(0))
     reset = traj.reset_memory
