@@ -190,9 +190,10 @@ class MAML:
         adv, _ = gae(traj.rewards, values, nv, traj.done, self.config.gamma, self.config.gae_lambda)
         adv = to_task_major(adv, num_tasks)
         adv = (adv - adv.mean(dim=1, keepdim=True)) / (adv.std(dim=1, keepdim=True) + 1e-8)
-        done = to_task_major(traj.done, num_tasks)
-        ep_return = to_task_major(traj.episode_return, num_tasks)
-        per_task = (ep_return * done).sum(1) / done.sum(1).clamp_min(1)
+        # Each env's first episode, up to the horizon: its return is the objective's (and the paper's) measure.
+        in_first_episode = torch.cumprod(torch.cat([torch.ones_like(traj.done[:1]), ~traj.done[:-1]]), dim=0)
+        per_env = (traj.rewards * in_first_episode).sum(0)
+        per_task = per_env.reshape(num_tasks, -1).mean(1)
         return _Batch(
             obs=to_task_major(traj.obs, num_tasks),
             actions=to_task_major(traj.actions, num_tasks),
@@ -223,7 +224,12 @@ class MAML:
             grads = vmap(task_grad, in_dims=(None if shared else 0, 0, 0, 0))(params, batch.obs, batch.actions, batch.advantages)
         else:
             per_task = [
-                task_grad(params if shared else {k: v[i] for k, v in params.items()}, batch.obs[i], batch.actions[i], batch.advantages[i])
+                task_grad(
+                    params if shared else {k: v[i] for k, v in params.items()},
+                    batch.obs[i],
+                    batch.actions[i],
+                    batch.advantages[i],
+                )
                 for i in range(num_tasks)
             ]
             grads = {k: torch.stack([g[k] for g in per_task]) for k in params}
@@ -281,7 +287,9 @@ class MAML:
 
         params = self._outer_params()
         if cfg.outer == "trpo":
-            stats = trpo_step(params, surrogate, outputs, kl, cfg.max_kl, cfg.cg_iters, cfg.cg_damping, cfg.ls_max_steps, cfg.ls_backtrack)
+            stats = trpo_step(
+                params, surrogate, outputs, kl, cfg.max_kl, cfg.cg_iters, cfg.cg_damping, cfg.ls_max_steps, cfg.ls_backtrack
+            )
         else:
             assert self.optimizer is not None
             for _ in range(cfg.ppo_epochs):

@@ -22,7 +22,9 @@ def unflat(vector: torch.Tensor, like: Params) -> Params:
     return out
 
 
-def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, iters: int, tol: float = 1e-10) -> torch.Tensor:
+def conjugate_gradient(
+    matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, iters: int, tol: float = 1e-10
+) -> torch.Tensor:
     """Approximately solve ``A x = b`` for symmetric positive-definite ``A`` given only ``A v``."""
     x = torch.zeros_like(b)
     r = b.clone()

@@ -37,7 +37,7 @@ from matplotlib.figure import Figure
 
 from metarl.agent import MetaLearner
 from metarl.env import TaskFamily, TensorEnv
-from metarl.tasks import SPLITS, Split, Tasks, load_manifest, save_manifest
+from metarl.tasks import SPLITS, Split, Tasks, save_manifest
 
 RESULT_FORMAT = "metarl.evaluation/1"
 _EXACT_T_MAX_DF = 1000  # above this the Cornish-Fisher expansion is within 1e-8 of the exact quantile
@@ -280,19 +280,15 @@ class EvalResult:
 # --- the evaluator -------------------------------------------------------------------
 
 
-def held_out_tasks(family: TaskFamily, config: EvalConfig, *, manifest: str | os.PathLike[str] | None = None) -> Tasks:
+def held_out_tasks(family: TaskFamily, config: EvalConfig) -> Tasks:
     """``config.num_tasks`` tasks of ``config.split``, sampled with a generator seeded by ``config.task_seed``.
 
-    With ``manifest``: read the tasks from it if it exists (so a resumed run
-    evaluates exactly the same tasks), else sample them and write it.
+    Deterministic: the same protocol names the same tasks. :func:`evaluate`
+    also writes the tasks it used as a manifest (``evaluation/tasks.json``);
+    :func:`metarl.tasks.load_manifest` gives them back to repeat an evaluation exactly.
     """
-    if manifest is not None and Path(manifest).exists():
-        return load_manifest(manifest)
     split: Split = config.split  # type: ignore[assignment]  # validated by EvalConfig
-    tasks = family.task_space.sample(config.num_tasks, generator=torch.Generator().manual_seed(config.task_seed), split=split)
-    if manifest is not None:
-        save_manifest(tasks, manifest)
-    return tasks
+    return family.task_space.sample(config.num_tasks, generator=torch.Generator().manual_seed(config.task_seed), split=split)
 
 
 def evaluate(

@@ -107,8 +107,8 @@ def test_carry_continues_a_rollout_exactly() -> None:
 
 
 def test_final_values_are_values_of_final_observations() -> None:
-    env = nav(torch.tensor([[0.3, 0.3], [0.2, -0.1]]))
-    policy = MLPPolicy(2, env.single_action_space, value_head=True)
+    env = nav(torch.tensor([[0.3, 0.3], [-0.4, 0.2]]))  # goals too far for a random policy to reach
+    policy = init_parameters(MLPPolicy(2, env.single_action_space, value_head=True), torch.Generator().manual_seed(0))
     params = dict(policy.named_parameters())
     traj, carry = collect(env, policy, params, 120, start(env, policy, seed=0), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 
@@ -11,7 +9,7 @@ import envs  # noqa: F401
 import metarl
 from agents.maml import MAML, MAMLConfig, _Batch
 from agents.trpo import flat, trpo_step
-from metarl.evaluation import held_out_tasks, EvalConfig
+from metarl.evaluation import EvalConfig, held_out_tasks
 from metarl.rollout import policy_forward
 
 TINY = dict(meta_batch_size=3, episodes_per_task=2, horizon=6, hidden_sizes=(8,))
@@ -84,7 +82,9 @@ def test_first_order_gradient_is_the_gradient_at_the_adapted_parameters() -> Non
     at_adapted = torch.autograd.grad(loss, list(adapted.values()))
     for g, a in zip(fo_grads, at_adapted, strict=True):
         torch.testing.assert_close(g, a.sum(0))
-    so_grads = torch.autograd.grad(meta_objective(second, inner, valid)(second._outer_params()), list(second._outer_params().values()))
+    so_grads = torch.autograd.grad(
+        meta_objective(second, inner, valid)(second._outer_params()), list(second._outer_params().values())
+    )
     assert not torch.allclose(flat(list(fo_grads)), flat(list(so_grads)))  # the second-order terms matter here
 
 
@@ -149,7 +149,9 @@ def test_state_dict_resumes_exactly() -> None:
     resumed.load_state_dict(state)
     for _ in range(2):
         resumed.meta_train_step()
-    torch.testing.assert_close(flat(dict(straight.policy.named_parameters())), flat(dict(resumed.policy.named_parameters())), rtol=0, atol=0)
+    torch.testing.assert_close(
+        flat(dict(straight.policy.named_parameters())), flat(dict(resumed.policy.named_parameters())), rtol=0, atol=0
+    )
     assert resumed.iteration == 3
 
 

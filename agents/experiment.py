@@ -1,0 +1,191 @@
+"""A meta-RL experiment: config, run directory, meta-training, held-out evaluation against baselines.
+
+``scripts/train_metarl.py`` and ``scripts/evaluate.py`` are thin wrappers
+around :func:`train` and :func:`evaluate_run`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import torch
+import tyro
+
+from agents.maml import MAML, MAMLConfig
+from metarl.checkpoint import latest_checkpoint, load_checkpoint
+from metarl.evaluation import EvalConfig, EvalResult, evaluate, held_out_tasks, oracle_returns
+from metarl.logging import CometMode, RunLogger
+from metarl.tasks import Tasks
+from metarl.training import from_dict, meta_train, resume_agent
+
+AGENTS = {"maml": (MAMLConfig, MAML)}
+"""Agent name -> (config class, agent class). Later agents register here."""
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Meta-train an agent on a task family, then evaluate adaptation on held-out tasks."""
+
+    agent: Annotated[MAMLConfig, tyro.conf.OmitArgPrefixes] = dataclasses.field(default_factory=MAMLConfig)
+    """The agent and its hyperparameters (MAML-RL)."""
+    iterations: int = 50
+    """Meta-iterations to train for."""
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    """Held-out evaluation protocol."""
+    baselines: bool = True
+    """Also evaluate a randomly initialised and a pretrained (no inner loop) policy, adapted with the same budget."""
+    pretrain_iterations: int | None = None
+    """Training iterations of the pretrained baseline (default: ``iterations``)."""
+    run_dir: Path | None = None
+    """Run directory (default: runs/<agent>-<env>-<time>)."""
+    resume: Path | None = None
+    """Continue the run in this directory from its latest checkpoint (its config.json is used)."""
+    checkpoint_every: int = 10
+    """Checkpoint every this many meta-iterations (and at the end)."""
+    comet: CometMode = "auto"
+    """Comet mode: online with an API key, otherwise offline into the run directory."""
+    project: str = "metarl"
+    """Comet project."""
+    threads: int | None = None
+    """torch CPU threads (default: torch's choice)."""
+    progress: bool = True
+    """Show a progress bar."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.iterations, int) or self.iterations < 0:
+            raise ValueError(f"iterations must be a non-negative int, got {self.iterations!r}")
+        if self.pretrain_iterations is not None and self.pretrain_iterations < 0:
+            raise ValueError(f"pretrain_iterations must be non-negative, got {self.pretrain_iterations!r}")
+        if self.checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be positive, got {self.checkpoint_every!r}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be positive, got {self.threads!r}")
+
+    @property
+    def agent_name(self) -> str:
+        return next(name for name, (config_cls, _) in AGENTS.items() if isinstance(self.agent, config_cls))
+
+
+def make_agent(config: MAMLConfig) -> MAML:
+    """The agent for an agent config."""
+    for config_cls, agent_cls in AGENTS.values():
+        if isinstance(config, config_cls):
+            return agent_cls(config)
+    raise TypeError(f"no agent takes a {type(config).__name__}; known agents: {sorted(AGENTS)}")
+
+
+def default_run_dir(config: TrainConfig) -> Path:
+    env = config.agent.env_id.split("/")[-1]
+    return Path("runs") / f"{config.agent_name}-{env}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def load_run_config(run_dir: Path) -> TrainConfig:
+    """The config a run was started with (its ``config.json``)."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run directory: no config.json")
+    return from_dict(TrainConfig, json.loads(path.read_text()))
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOutcome:
+    run_dir: Path
+    result: EvalResult | None
+    checkpoint: Path | None
+    comet_archive: Path | None
+
+
+def train(config: TrainConfig) -> RunOutcome:
+    """Meta-train (or resume), evaluate on held-out tasks, and write everything to the run directory."""
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    resuming = config.resume is not None
+    if resuming:
+        run_dir = Path(config.resume)
+        config = dataclasses.replace(load_run_config(run_dir), resume=run_dir, progress=config.progress)
+    else:
+        run_dir = config.run_dir or default_run_dir(config)
+    agent = make_agent(config.agent)  # refuses bad settings and unknown envs before any run directory is written
+    stored = dataclasses.replace(config, resume=None, run_dir=run_dir)
+    with RunLogger(run_dir, stored, project=config.project, comet=config.comet, resume=resuming) as logger:
+        logger.log_params(dataclasses.asdict(stored))
+        start = resume_agent(agent, run_dir) if resuming else 0
+        if resuming:
+            logger.truncate_metrics(start)
+        meta_train(
+            agent,
+            logger,
+            config.iterations,
+            start_iteration=start,
+            checkpoint_every=config.checkpoint_every,
+            progress=config.progress,
+        )
+        result = evaluate_agent(agent, config, logger) if config.eval.num_tasks > 0 else None
+        checkpoint = latest_checkpoint(run_dir)
+        if checkpoint is not None:
+            logger.log_asset(checkpoint, "checkpoint.pt")
+    return RunOutcome(run_dir, result, checkpoint, logger.offline_archive)
+
+
+def evaluate_agent(agent: MAML, config: TrainConfig, logger: RunLogger, tasks: Tasks | None = None) -> EvalResult:
+    """Held-out adaptation curves of ``agent`` beside the baselines, written to the run directory and Comet.
+
+    ``tasks``: the held-out tasks (default: sampled by the evaluation protocol).
+    """
+    tasks = tasks if tasks is not None else held_out_tasks(agent.family, config.eval)
+    learners = {config.agent_name.upper(): agent}
+    if config.baselines:
+        learners["random init + adaptation"] = make_agent(dataclasses.replace(config.agent, seed=config.agent.seed + 10_000))
+        pretrained = make_agent(dataclasses.replace(config.agent, inner_steps=0))
+        iterations = config.iterations if config.pretrain_iterations is None else config.pretrain_iterations
+        meta_train(
+            pretrained,
+            logger,
+            iterations,
+            progress=config.progress,
+            description="pretraining baseline",
+            metric_prefix="pretrained/",
+            checkpoint=False,
+        )
+        learners["pretrained + adaptation"] = pretrained
+    oracle = functools.partial(oracle_returns, agent.family, num_envs_per_task=1, device=config.agent.device)
+    return evaluate(
+        learners,
+        tasks,
+        config.eval,
+        oracle=oracle,
+        run_dir=logger.run_dir,
+        logger=logger,
+        title=f"{config.agent_name.upper()} on {config.agent.env_id}, held-out tasks",
+        step=config.iterations,
+    )
+
+
+def evaluate_run(
+    run_dir: Path,
+    eval_config: EvalConfig | None = None,
+    checkpoint: Path | None = None,
+    baselines: bool = False,
+    tasks: Tasks | None = None,
+) -> EvalResult:
+    """Evaluate a saved run's checkpoint on held-out tasks (results go to ``run_dir/evaluation``).
+
+    ``tasks`` (e.g. from a manifest) replace the protocol's sampled tasks, to repeat an evaluation exactly.
+    """
+    config = load_run_config(run_dir)
+    if eval_config is not None:
+        config = dataclasses.replace(config, eval=eval_config)
+    config = dataclasses.replace(config, baselines=baselines)
+    agent = make_agent(config.agent)
+    path = checkpoint or latest_checkpoint(run_dir)
+    if path is None:
+        raise FileNotFoundError(f"no checkpoint in {run_dir}/checkpoints")
+    agent.load_state_dict(load_checkpoint(path)["agent"])
+    stored = load_run_config(run_dir)  # the logger reopens the run as it was configured
+    with RunLogger(run_dir, stored, project=config.project, comet=config.comet, resume=True) as logger:
+        return evaluate_agent(agent, config, logger, tasks)

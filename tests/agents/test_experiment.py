@@ -1,0 +1,173 @@
+"""The experiment end to end: train_metarl.py's pipeline, resume after a kill, config files, evaluate.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+import envs  # noqa: F401
+import metarl
+from agents.experiment import TrainConfig, load_run_config, train
+from agents.maml import MAMLConfig
+from metarl.checkpoint import latest_checkpoint, load_checkpoint
+from metarl.evaluation import EvalConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY_FLAGS = [
+    "--meta-batch-size",
+    "3",
+    "--episodes-per-task",
+    "2",
+    "--horizon",
+    "10",
+    "--eval.num-tasks",
+    "3",
+    "--eval.seeds",
+    "0",
+    "--threads",
+    "1",
+]
+
+
+def tiny_config(run_dir: Path, **overrides) -> TrainConfig:
+    agent = MAMLConfig(meta_batch_size=3, episodes_per_task=2, horizon=10)
+    fields = dict(
+        agent=agent,
+        iterations=3,
+        eval=EvalConfig(num_tasks=3, seeds=(0,)),
+        run_dir=run_dir,
+        pretrain_iterations=2,
+        progress=False,
+        threads=1,
+    )
+    return TrainConfig(**{**fields, **overrides})
+
+
+@pytest.fixture(autouse=True)
+def no_comet_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("COMET_API_KEY", raising=False)
+
+
+def script(name: str, *args: str, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("COMET_API_KEY", None)
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "scripts" / name), *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kwargs,
+    )
+
+
+def final_params(run_dir: Path) -> torch.Tensor:
+    state = load_checkpoint(latest_checkpoint(run_dir))["agent"]["policy"]
+    return torch.cat([v.flatten() for v in state.values()])
+
+
+def test_train_writes_a_complete_run(tmp_path: Path) -> None:
+    outcome = train(tiny_config(tmp_path / "run"))
+    run = outcome.run_dir
+    for relative in (
+        "config.json",
+        "params.json",
+        "metrics.jsonl",
+        "evaluation/adaptation.json",
+        "evaluation/adaptation.png",
+        "evaluation/tasks.json",
+    ):
+        assert (run / relative).is_file(), relative
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in rows if "return_after_adaptation" in r]
+    assert steps == [1, 2, 3]
+    assert any("pretrained/return_after_adaptation" in r for r in rows)
+    assert outcome.result is not None and set(outcome.result.curves) == {
+        "MAML",
+        "random init + adaptation",
+        "pretrained + adaptation",
+    }
+    assert outcome.result.oracle is not None
+    assert load_checkpoint(outcome.checkpoint)["iteration"] == 3
+    # The offline Comet archive holds the logged metrics.
+    assert outcome.comet_archive is not None and outcome.comet_archive.is_file()
+    with zipfile.ZipFile(outcome.comet_archive) as archive:
+        text = "\n".join(
+            archive.read(n).decode("utf-8", "replace") for n in archive.namelist() if n.endswith((".json", ".jsonl"))
+        )
+    assert "return_after_adaptation" in text and "eval/MAML/step_1" in text
+
+
+def test_bad_settings_are_refused_before_a_run_directory_exists(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    with pytest.raises(metarl.UnknownFamilyError, match="Navigation2D"):
+        train(tiny_config(run, agent=MAMLConfig(env_id="metarl/Navigation3D-v0")))
+    assert not run.exists()
+    with pytest.raises(ValueError, match="iterations must be a non-negative int, got -1"):
+        tiny_config(run, iterations=-1)
+    with pytest.raises(FileNotFoundError, match="not a run directory"):
+        train(tiny_config(run, resume=tmp_path / "nothing-here"))
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_parameters(tmp_path: Path) -> None:
+    common = [*TINY_FLAGS, "--iterations", "12", "--checkpoint-every", "1", "--no-baselines", "--no-progress"]
+    straight = script("train_metarl.py", *common, "--run-dir", str(tmp_path / "straight"))
+    killed_dir = tmp_path / "killed"
+    victim = script("train_metarl.py", *common, "--run-dir", str(killed_dir), start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        found = latest_checkpoint(killed_dir) if (killed_dir / "checkpoints").exists() else None
+        if found is not None and load_checkpoint(found)["iteration"] >= 4:
+            break
+        assert victim.poll() is None, victim.communicate()[0]
+        time.sleep(0.05)
+    os.killpg(victim.pid, signal.SIGKILL)
+    victim.wait()
+    done_before_kill = load_checkpoint(latest_checkpoint(killed_dir))["iteration"]
+    assert 4 <= done_before_kill < 12, "the run should have been killed part-way"
+    resumed = script("train_metarl.py", "--resume", str(killed_dir), "--no-progress")
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, out
+    out_straight, _ = straight.communicate(timeout=300)
+    assert straight.returncode == 0, out_straight
+    torch.testing.assert_close(final_params(killed_dir), final_params(tmp_path / "straight"), rtol=0, atol=0)
+    steps = [
+        json.loads(line)["step"]
+        for line in (killed_dir / "metrics.jsonl").read_text().splitlines()
+        if "return_after_adaptation" in line
+    ]
+    assert steps == list(range(1, 13)), "a resumed run keeps every metric once"
+
+
+def test_config_file_then_flags(tmp_path: Path, load_script) -> None:
+    train_script = load_script("train_metarl")
+    first = tmp_path / "first"
+    train(tiny_config(first, iterations=1, baselines=False))
+    config = train_script.parse(
+        ["--config", str(first / "config.json"), "--inner-lr", "0.05", "--run-dir", str(tmp_path / "second")]
+    )
+    assert config.agent.inner_lr == 0.05 and config.agent.meta_batch_size == 3 and config.iterations == 1
+    assert config.run_dir == tmp_path / "second"
+    assert load_run_config(first).agent.horizon == 10
+
+
+def test_evaluate_script_on_a_saved_run(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train(tiny_config(run, iterations=1, baselines=False))
+    proc = script("evaluate.py", str(run), "--eval.num-tasks", "2", "--eval.seeds", "0", "1")
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    assert "MAML" in out and "2 test tasks x 2 seeds" in out
+    result = json.loads((run / "evaluation" / "adaptation.json").read_text())
+    assert result["num_tasks"] == 2
