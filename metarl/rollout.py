@@ -50,7 +50,8 @@ def task_batch_size(policy: nn.Module, params: Params) -> int | None:
         extra_dims = value.dim() - reference[name].dim()
         if extra_dims not in (0, 1) or value.shape[extra_dims:] != reference[name].shape:
             expected = tuple(reference[name].shape)
-            raise ValueError(f"param {name!r} has shape {tuple(value.shape)}; policy expects {expected}, optionally after a task dimension")
+            got = tuple(value.shape)
+            raise ValueError(f"param {name!r} has shape {got}; policy expects {expected}, optionally after a task dimension")
         sizes.add(value.shape[0] if extra_dims else None)
     if len(sizes) != 1:
         raise ValueError(f"either every param carries a task dimension or none does; got leading sizes {sizes}")
