@@ -18,6 +18,7 @@ Optional Meta-SGD (Li et al. 2017): learned per-parameter inner step sizes.
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any, Literal
 
 import torch
@@ -270,7 +271,9 @@ class MAML:
         num_tasks = cfg.meta_batch_size
         tasks = self.family.task_space.sample(num_tasks, generator=self.task_generator, split="train")
         self.env.set_tasks(tasks.repeat_interleave(cfg.episodes_per_task))
+        began = time.perf_counter()
         inner, valid = self._sample_adaptation(self.env, num_tasks, cfg.inner_steps)
+        sampled = time.perf_counter()
         dist = self.policy.action_dist
 
         def outputs(outer: Params) -> torch.Tensor:
@@ -305,7 +308,10 @@ class MAML:
                     lr.clamp_(min=1e-6)  # a negative step size would ascend the inner loss
         self.iteration += 1
         pre = inner[0].returns.mean() if inner else valid.returns.mean()
-        return {"return_before_adaptation": float(pre), "return_after_adaptation": float(valid.returns.mean()), **stats}
+        env_steps = (cfg.inner_steps + 1) * self.horizon * self.env.num_envs
+        timing = {"seconds_sampling": sampled - began, "seconds_update": time.perf_counter() - sampled}
+        timing["env_steps_per_second"] = env_steps / timing["seconds_sampling"]
+        return {"return_before_adaptation": float(pre), "return_after_adaptation": float(valid.returns.mean()), **stats, **timing}
 
     # --- evaluation -----------------------------------------------------------------------
     def adaptation_curve(self, tasks: Tasks, num_steps: int, generator: torch.Generator) -> torch.Tensor:

@@ -25,8 +25,8 @@ from gymnasium import spaces
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvObs, VecEnvStepReturn
 
-from metarl.env import StepOutput, TensorEnv
-from metarl.tasks import Split, Tasks
+from metarl.env import StepOutput, TensorEnv, TensorEnvView
+from metarl.tasks import Tasks
 
 __all__ = ["GymTaskVectorEnv", "SB3VecEnv", "TaskSlot"]
 
@@ -34,7 +34,7 @@ __all__ = ["GymTaskVectorEnv", "SB3VecEnv", "TaskSlot"]
 # --- Stable-Baselines3 -----------------------------------------------------------------------
 
 
-class SB3VecEnv(VecEnv):
+class SB3VecEnv(TensorEnvView, VecEnv):
     """A :class:`~metarl.env.TensorEnv` as a Stable-Baselines3 ``VecEnv`` (numpy in, numpy out).
 
     ``PPO("MlpPolicy", SB3VecEnv(metarl.make_env(id, num_envs=8)))`` trains on
@@ -67,18 +67,6 @@ class SB3VecEnv(VecEnv):
             raise TypeError(f"SB3VecEnv needs a Box observation space, got {obs_space}")
         self._obs_size = int(np.prod(obs_space.shape, dtype=np.int64))
         super().__init__(env.num_envs, obs_space, env.single_action_space)
-
-    # --- tasks ---------------------------------------------------------------------------
-    @property
-    def tasks(self) -> Tasks:
-        return self.env.tasks
-
-    def set_tasks(self, tasks: Tasks) -> None:
-        """Give env ``i`` task ``i``; call :meth:`reset` before the next step."""
-        self.env.set_tasks(tasks)
-
-    def sample_tasks(self, n: int, *, generator: torch.Generator, split: Split = "train") -> Tasks:
-        return self.env.sample_tasks(n, generator=generator, split=split)
 
     # --- VecEnv API ----------------------------------------------------------------------------
     def reset(self) -> VecEnvObs:

@@ -278,3 +278,20 @@ class TensorEnv(Generic[TasksT, StateT]):
 
     def __repr__(self) -> str:
         return f"TensorEnv({self.family!r}, num_envs={self.num_envs}, device={self.device})"
+
+
+class TensorEnvView:
+    """Task access for wrappers that present a :class:`TensorEnv` (``self.env``) through another API."""
+
+    env: TensorEnv
+
+    @property
+    def tasks(self) -> Tasks:
+        return self.env.tasks
+
+    def set_tasks(self, tasks: Tasks) -> None:
+        """Give env ``i`` task ``i`` (``len(tasks) == num_envs``); then call ``reset``."""
+        self.env.set_tasks(tasks)
+
+    def sample_tasks(self, n: int, *, generator: torch.Generator, split: Split = "train") -> Tasks:
+        return self.env.sample_tasks(n, generator=generator, split=split)

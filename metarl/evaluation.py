@@ -23,11 +23,9 @@ task manifest, so the evaluation can be repeated exactly).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import statistics
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -37,6 +35,7 @@ from matplotlib.figure import Figure
 
 from metarl.agent import MetaLearner
 from metarl.env import TaskFamily, TensorEnv
+from metarl.files import atomic_write, write_json
 from metarl.tasks import SPLITS, Split, Tasks, save_manifest
 
 RESULT_FORMAT = "metarl.evaluation/1"
@@ -360,7 +359,7 @@ def evaluate(
     figure = None
     if run_dir is not None:
         out = Path(run_dir) / "evaluation"
-        _write_json(result.to_json(), out / "adaptation.json")
+        write_json(out / "adaptation.json", result.to_json(), indent=1)
         figure = plot(result, out / "adaptation.png")
         save_manifest(tasks.to("cpu"), out / "tasks.json")
     if logger is not None:
@@ -386,15 +385,6 @@ def metrics(result: EvalResult) -> dict[str, float]:
     return out
 
 
-def _write_json(obj: Any, path: Path) -> None:
-    """Write JSON atomically (a crash never leaves half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as f:
-        json.dump(obj, f, indent=1, allow_nan=False)
-        tmp = f.name
-    os.replace(tmp, path)
-
-
 def plot(result: EvalResult, path: str | os.PathLike[str]) -> Path:
     """Draw the adaptation curves (mean, CI error bars and band; oracle dashed) to a PNG, atomically."""
     fig = Figure(figsize=(6.4, 4.4), layout="constrained")  # no pyplot: no global backend or state
@@ -418,12 +408,7 @@ def plot(result: EvalResult, path: str | os.PathLike[str]) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(handles=handles)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".png.tmp", delete=False) as f:
-        fig.savefig(f, format="png", dpi=120)
-        tmp = f.name
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
 
 
 # --- oracle --------------------------------------------------------------------------

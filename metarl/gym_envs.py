@@ -14,7 +14,7 @@ import torch
 from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
 
-from metarl.env import TaskFamily, TensorEnv
+from metarl.env import TaskFamily, TensorEnv, TensorEnvView
 from metarl.tasks import Split, Tasks
 
 
@@ -73,7 +73,7 @@ class TaskEnv(gymnasium.Env[np.ndarray, Any]):
         return f"TaskEnv<{self.family_id or self.family!r}>"
 
 
-class TaskVectorEnv(gymnasium.vector.VectorEnv):
+class TaskVectorEnv(TensorEnvView, gymnasium.vector.VectorEnv):
     """``num_envs`` envs of a task family as a Gymnasium ``VectorEnv`` of torch tensors.
 
     Autoreset mode is ``SAME_STEP``: where an episode ends, the returned
@@ -94,17 +94,6 @@ class TaskVectorEnv(gymnasium.vector.VectorEnv):
         self.action_space = batch_space(self.single_action_space, self.num_envs)
         self.autoreset_mode = AutoresetMode.SAME_STEP
         self.metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
-
-    @property
-    def tasks(self) -> Tasks:
-        return self.env.tasks
-
-    def set_tasks(self, tasks: Tasks) -> None:
-        """Give env ``i`` task ``i`` (``len(tasks) == num_envs``); then call ``reset``."""
-        self.env.set_tasks(tasks)
-
-    def sample_tasks(self, n: int, *, generator: torch.Generator, split: Split = "train") -> Tasks:
-        return self.env.sample_tasks(n, generator=generator, split=split)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
         if seed is not None and not isinstance(seed, int):

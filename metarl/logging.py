@@ -79,7 +79,7 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 
 import torch
 
-from metarl.checkpoint import atomic_write
+from metarl.files import atomic_write, write_json
 
 if TYPE_CHECKING:
     import comet_ml
@@ -189,8 +189,7 @@ def _scalar(name: str, value: Any) -> float | int:
 
 
 def _write_json(path: Path, obj: Any) -> Path:
-    text = json.dumps(obj, indent=2, sort_keys=False, allow_nan=True) + "\n"
-    return atomic_write(path, lambda f: f.write(text.encode()))
+    return write_json(path, obj, indent=2, allow_nan=True)
 
 
 def _read_metrics_lines(path: Path) -> list[dict[str, Any]]:

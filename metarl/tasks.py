@@ -24,13 +24,13 @@ import importlib
 import json
 import math
 import os
-import tempfile
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar, Generic, Literal, Self, TypeVar
 
 import torch
 
+from metarl.files import write_json
 from metarl.structs import TensorStruct
 
 Split = Literal["train", "test"]
@@ -95,13 +95,7 @@ def _resolve_type(path: str) -> type[Tasks]:
 
 def save_manifest(tasks: Tasks, path: str | os.PathLike[str], family: str | None = None) -> Path:
     """Write ``tasks`` as a JSON manifest, atomically (a crash never leaves half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as f:
-        json.dump(tasks.to_manifest(family), f)
-        tmp = f.name
-    os.replace(tmp, path)
-    return path
+    return write_json(path, tasks.to_manifest(family))
 
 
 def load_manifest(path: str | os.PathLike[str]) -> Tasks:
