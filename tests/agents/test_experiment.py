@@ -171,3 +171,20 @@ def test_evaluate_script_on_a_saved_run(tmp_path: Path) -> None:
     assert "MAML" in out and "2 test tasks x 2 seeds" in out
     result = json.loads((run / "evaluation" / "adaptation.json").read_text())
     assert result["num_tasks"] == 2
+
+
+def test_unknown_agent_is_refused_naming_the_known_ones() -> None:
+    from agents.experiment import make_agent
+
+    with pytest.raises(TypeError, match=r"no agent takes a EvalConfig; known agents: \['maml'\]"):
+        make_agent(EvalConfig())  # type: ignore[arg-type]
+
+
+def test_cli_rejects_unknown_flags_and_bad_values(load_script, capsys: pytest.CaptureFixture[str]) -> None:
+    train_script = load_script("train_metarl")
+    with pytest.raises(SystemExit):
+        train_script.parse(["--agent", "rl3"])
+    assert "--agent" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train_script.parse(["--inner-lr", "-1"])
+    assert "inner_lr must be positive, got -1.0" in capsys.readouterr().err
