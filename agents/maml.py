@@ -142,14 +142,11 @@ class MAML:
             raise ValueError(f"{config.env_id} has no episode limit; set horizon")
         self.horizon = horizon
         obs_space = self.family.observation_space
-        self.policy = MLPPolicy(
-            int(obs_space.shape[0]),
-            self.family.action_space,
-            config.hidden_sizes,
-            config.activation,
-            init_log_std=config.init_log_std,
-        ).to(self.device)
-        init_parameters(self.policy, torch.Generator().manual_seed(config.seed))
+        policy = MLPPolicy(
+            int(obs_space.shape[0]), self.family.action_space, config.hidden_sizes, config.activation, init_log_std=config.init_log_std
+        )
+        # Initialised on the CPU from our own generator (same weights on every device), then moved.
+        self.policy = init_parameters(policy, torch.Generator().manual_seed(config.seed)).to(self.device)
         self.inner_lrs = {
             name: torch.full_like(p, config.inner_lr, requires_grad=config.learn_inner_lr)
             for name, p in self.policy.named_parameters()
