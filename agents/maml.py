@@ -143,7 +143,11 @@ class MAML:
         self.horizon = horizon
         obs_space = self.family.observation_space
         policy = MLPPolicy(
-            int(obs_space.shape[0]), self.family.action_space, config.hidden_sizes, config.activation, init_log_std=config.init_log_std
+            int(obs_space.shape[0]),
+            self.family.action_space,
+            config.hidden_sizes,
+            config.activation,
+            init_log_std=config.init_log_std,
         )
         # Initialised on the CPU from our own generator (same weights on every device), then moved.
         self.policy = init_parameters(policy, torch.Generator().manual_seed(config.seed)).to(self.device)
