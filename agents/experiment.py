@@ -17,22 +17,32 @@ import torch
 import tyro
 
 from agents.maml import MAML, MAMLConfig
+from agents.rl2 import RL2, RL2Config
+from envs.reference_policies import reference_learners
+from metarl.agent import MetaLearner
 from metarl.checkpoint import latest_checkpoint, load_checkpoint
 from metarl.evaluation import EvalConfig, EvalResult, evaluate, held_out_tasks, oracle_returns
 from metarl.logging import CometMode, RunLogger
 from metarl.tasks import Tasks
 from metarl.training import from_dict, meta_train, resume_agent
 
-AGENTS = {"maml": (MAMLConfig, MAML)}
-"""Agent name -> (config class, agent class). Later agents register here."""
+AGENTS = {"maml": (MAMLConfig, MAML), "rl2": (RL2Config, RL2)}
+"""Agent name -> (config class, agent class)."""
+
+AgentConfig = Annotated[MAMLConfig, tyro.conf.subcommand("maml")] | Annotated[RL2Config, tyro.conf.subcommand("rl2")]
+Agent = MAML | RL2
 
 
 @dataclasses.dataclass
 class TrainConfig:
     """Meta-train an agent on a task family, then evaluate adaptation on held-out tasks."""
 
-    agent: Annotated[MAMLConfig, tyro.conf.OmitArgPrefixes] = dataclasses.field(default_factory=MAMLConfig)
-    """The agent and its hyperparameters (MAML-RL)."""
+    agent: AgentConfig = dataclasses.field(default_factory=MAMLConfig)
+    """The agent and its hyperparameters: ``maml`` (default) or ``rl2``, as a subcommand."""
+    device: str = "cpu"
+    """Torch device for the agent's envs, policy and updates."""
+    seed: int = 0
+    """Seed of every generator the agent owns."""
     iterations: int = 50
     """Meta-iterations to train for."""
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
@@ -57,6 +67,8 @@ class TrainConfig:
     """Show a progress bar."""
 
     def __post_init__(self) -> None:
+        # --device and --seed belong to the run; the agent config carries them into the agent.
+        self.agent = dataclasses.replace(self.agent, device=self.device, seed=self.seed)
         if not isinstance(self.iterations, int) or self.iterations < 0:
             raise ValueError(f"iterations must be a non-negative int, got {self.iterations!r}")
         if self.pretrain_iterations is not None and self.pretrain_iterations < 0:
@@ -71,7 +83,7 @@ class TrainConfig:
         return next(name for name, (config_cls, _) in AGENTS.items() if isinstance(self.agent, config_cls))
 
 
-def make_agent(config: MAMLConfig) -> MAML:
+def make_agent(config: MAMLConfig | RL2Config) -> Agent:
     """The agent for an agent config."""
     for config_cls, agent_cls in AGENTS.values():
         if isinstance(config, config_cls):
@@ -132,37 +144,41 @@ def train(config: TrainConfig) -> RunOutcome:
     return RunOutcome(run_dir, result, checkpoint, logger.offline_archive)
 
 
-def evaluate_agent(agent: MAML, config: TrainConfig, logger: RunLogger, tasks: Tasks | None = None) -> EvalResult:
-    """Held-out adaptation curves of ``agent`` beside the baselines, written to the run directory and Comet.
+def evaluate_agent(agent: Agent, config: TrainConfig, logger: RunLogger, tasks: Tasks | None = None) -> EvalResult:
+    """Held-out adaptation curves of ``agent`` beside its baselines, written to the run directory and Comet.
 
+    MAML: return after 0..k gradient steps, beside the same network from a
+    random init and a policy pretrained without an inner loop, both adapted
+    with the same budget. RL²: return of each episode of a trial (trials as
+    trained), beside the untrained network and, for bandits and tabular MDPs,
+    the reference policies. The oracle is drawn where the family defines one.
     ``tasks``: the held-out tasks (default: sampled by the evaluation protocol).
     """
-    tasks = tasks if tasks is not None else held_out_tasks(agent.family, config.eval)
-    learners = {config.agent_name.upper(): agent}
+    eval_config, x_label = config.eval, "gradient steps"
+    if isinstance(agent, RL2):
+        eval_config = dataclasses.replace(eval_config, num_steps=agent.config.episodes_per_trial - 1)
+        x_label = "episode in trial"
+    tasks = tasks if tasks is not None else held_out_tasks(agent.family, eval_config)
+    learners: dict[str, MetaLearner] = {config.agent_name.upper(): agent}
     if config.baselines:
-        learners["random init + adaptation"] = make_agent(dataclasses.replace(config.agent, seed=config.agent.seed + 10_000))
-        pretrained = make_agent(dataclasses.replace(config.agent, inner_steps=0))
-        iterations = config.iterations if config.pretrain_iterations is None else config.pretrain_iterations
-        meta_train(
-            pretrained,
-            logger,
-            iterations,
-            progress=config.progress,
-            description="pretraining baseline",
-            metric_prefix="pretrained/",
-            checkpoint=False,
-        )
-        learners["pretrained + adaptation"] = pretrained
+        untrained = make_agent(dataclasses.replace(config.agent, seed=config.agent.seed + 10_000))
+        if isinstance(agent, MAML):
+            learners["random init + adaptation"] = untrained
+            pretrained = make_agent(dataclasses.replace(config.agent, inner_steps=0))
+            iterations = config.iterations if config.pretrain_iterations is None else config.pretrain_iterations
+            meta_train(
+                pretrained, logger, iterations, progress=config.progress, description="pretraining baseline",
+                metric_prefix="pretrained/", checkpoint=False,
+            )
+            learners["pretrained + adaptation"] = pretrained
+        else:
+            learners["random init (untrained RL²)"] = untrained
+            learners.update(reference_learners(agent.family, device=config.agent.device))
     oracle = functools.partial(oracle_returns, agent.family, num_envs_per_task=1, device=config.agent.device)
+    title = f"{config.agent_name.upper()} on {config.agent.env_id}, held-out tasks"
     return evaluate(
-        learners,
-        tasks,
-        config.eval,
-        oracle=oracle,
-        run_dir=logger.run_dir,
-        logger=logger,
-        title=f"{config.agent_name.upper()} on {config.agent.env_id}, held-out tasks",
-        step=config.iterations,
+        learners, tasks, eval_config, oracle=oracle, run_dir=logger.run_dir, logger=logger, title=title,
+        x_label=x_label, step=config.iterations,
     )
 
 

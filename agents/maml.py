@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
+import tyro
 from torch.func import functional_call, vmap
 
 import metarl
@@ -85,10 +86,12 @@ class MAMLConfig:
     """Policy activation (tanh or relu)."""
     init_log_std: float = 0.0
     """Initial log standard deviation of Gaussian policies."""
-    device: str = "cpu"
-    """Torch device for envs, policy and updates."""
-    seed: int = 0
-    """Seed of every generator the agent owns."""
+    init: Literal["xavier", "torch"] = "xavier"
+    """Weight initialisation: Glorot-uniform with zero biases (the MAML paper's rllab code) or PyTorch's default."""
+    device: Annotated[str, tyro.conf.Suppress] = "cpu"
+    """Torch device for envs, policy and updates (on the command line: train_metarl.py's --device)."""
+    seed: Annotated[int, tyro.conf.Suppress] = 0
+    """Seed of every generator the agent owns (on the command line: train_metarl.py's --seed)."""
 
     def __post_init__(self) -> None:
         positive_ints = ("meta_batch_size", "episodes_per_task", "cg_iters", "ls_max_steps", "ppo_epochs")
@@ -110,6 +113,8 @@ class MAMLConfig:
         for name in ("gamma", "gae_lambda"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)!r}")
+        if self.init not in ("xavier", "torch"):
+            raise ValueError(f"init must be 'xavier' or 'torch', got {self.init!r}")
         if self.inner_loop not in ("batched", "looped"):
             raise ValueError(f"inner_loop must be 'batched' or 'looped', got {self.inner_loop!r}")
         if self.outer not in ("trpo", "ppo"):
@@ -150,7 +155,7 @@ class MAML:
             init_log_std=config.init_log_std,
         )
         # Initialised on the CPU from our own generator (same weights on every device), then moved.
-        self.policy = init_parameters(policy, torch.Generator().manual_seed(config.seed)).to(self.device)
+        self.policy = init_parameters(policy, torch.Generator().manual_seed(config.seed), config.init).to(self.device)
         self.inner_lrs = {
             name: torch.full_like(p, config.inner_lr, requires_grad=config.learn_inner_lr)
             for name, p in self.policy.named_parameters()
@@ -287,7 +292,8 @@ class MAML:
             return surrogate_loss(dist.log_prob(outputs(outer), valid.actions), valid.log_probs, valid.advantages).mean()
 
         def kl(new_dist_params: torch.Tensor) -> torch.Tensor:
-            return dist.kl(valid.dist_params, new_dist_params).mean()
+            # KL(new || sampling policy), as TRPO's reference implementations measure it.
+            return dist.kl(new_dist_params, valid.dist_params).mean()
 
         params = self._outer_params()
         if cfg.outer == "trpo":
@@ -312,6 +318,9 @@ class MAML:
         env_steps = (cfg.inner_steps + 1) * self.horizon * self.env.num_envs
         timing = {"seconds_sampling": sampled - began, "seconds_update": time.perf_counter() - sampled}
         timing["env_steps_per_second"] = env_steps / timing["seconds_sampling"]
+        log_std = getattr(self.policy, "log_std", None)
+        if log_std is not None:
+            stats["policy_log_std"] = float(log_std.detach().mean())
         return {"return_before_adaptation": float(pre), "return_after_adaptation": float(valid.returns.mean()), **stats, **timing}
 
     # --- evaluation -----------------------------------------------------------------------

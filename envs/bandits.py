@@ -63,9 +63,9 @@ class BernoulliBandit(TaskFamily[BernoulliBanditTasks, BernoulliBanditState]):
     tasks, the rest the train tasks.
 
     **Episode end.** Terminated on the ``num_pulls``-th pull: the horizon is
-    part of the problem (one episode is one trial of ``n`` pulls), so there is
-    no time-limit truncation (``max_episode_steps = None``). The task is kept
-    across the autoreset.
+    part of the problem (one episode is one trial of ``n`` pulls), so it ends
+    by termination, never by truncation (``max_episode_steps = num_pulls`` only
+    states the bound). The task is kept across the autoreset.
 
     **Version history.** v0: initial version.
 
@@ -74,11 +74,10 @@ class BernoulliBandit(TaskFamily[BernoulliBanditTasks, BernoulliBanditState]):
         num_pulls: ``n``, the pulls per episode (at least 1).
     """
 
-    max_episode_steps = None
-
     def __init__(self, num_arms: int = 5, num_pulls: int = 10) -> None:
         self.num_arms = _check_int("num_arms", num_arms, 2)
         self.num_pulls = _check_int("num_pulls", num_pulls, 1)
+        self.max_episode_steps = self.num_pulls  # the family terminates first; truncation never fires
         k = self.num_arms
         default = tuple((i + 0.5) / k for i in range(k))
         self.task_space = BoxTaskSpace(BernoulliBanditTasks, means=ParamRange((0.0,) * k, (1.0,) * k, default))

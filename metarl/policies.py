@@ -255,18 +255,27 @@ Policy = MLPPolicy | GRUPolicy
 
 
 @torch.no_grad()
-def init_parameters(policy: nn.Module, generator: torch.Generator) -> nn.Module:
-    """Re-draw every linear layer's parameters from ``generator`` (PyTorch's default scheme, no global RNG).
+def init_parameters(policy: nn.Module, generator: torch.Generator, scheme: str = "torch") -> nn.Module:
+    """Re-draw every linear layer's parameters from ``generator`` (no global RNG).
 
-    Weights ~ U(±1/sqrt(fan_in)) as ``nn.Linear`` does (kaiming-uniform with
-    a=sqrt(5)); biases likewise; a GRU's gate layers use U(±1/sqrt(hidden)) as
-    ``nn.GRUCell`` does. Log-std parameters keep their initial value.
+    ``"torch"``: PyTorch's defaults: weights and biases ~ U(±1/sqrt(fan_in)) as
+    ``nn.Linear`` does, a GRU's gate layers U(±1/sqrt(hidden)) as ``nn.GRUCell``
+    does. ``"xavier"``: Glorot-uniform weights and zero biases, the scheme of
+    rllab and of the MAML paper's code. Log-std parameters keep their value.
     """
+    if scheme not in ("torch", "xavier"):
+        raise ValueError(f"scheme must be 'torch' or 'xavier', got {scheme!r}")
     gru_gates = {id(m) for m in policy.modules() if isinstance(m, GRUPolicy) for m in (m.input_gates, m.hidden_gates)}
     for module in policy.modules():
-        if isinstance(module, nn.Linear):
-            fan = module.out_features // 3 if id(module) in gru_gates else module.in_features
-            bound = 1.0 / math.sqrt(fan)
+        if not isinstance(module, nn.Linear):
+            continue
+        if scheme == "xavier":
+            bound = math.sqrt(6.0 / (module.in_features + module.out_features))
             module.weight.uniform_(-bound, bound, generator=generator)
-            module.bias.uniform_(-bound, bound, generator=generator)
+            module.bias.zero_()
+            continue
+        fan = module.out_features // 3 if id(module) in gru_gates else module.in_features
+        bound = 1.0 / math.sqrt(fan)
+        module.weight.uniform_(-bound, bound, generator=generator)
+        module.bias.uniform_(-bound, bound, generator=generator)
     return policy

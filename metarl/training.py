@@ -87,6 +87,11 @@ def _convert(hint: Any, value: Any) -> Any:
         if value is None:
             return None
         options = [a for a in typing.get_args(hint) if a is not type(None)]
+        if isinstance(value, Mapping):  # a union of configs: the one whose fields cover the keys
+            for option in options:
+                if dataclasses.is_dataclass(option) and set(value) <= {f.name for f in dataclasses.fields(option)}:
+                    return from_dict(option, value)
+            raise ValueError(f"no config among {[o.__name__ for o in options]} has all of the keys {sorted(value)}")
         return _convert(options[0], value) if len(options) == 1 else value
     if origin is tuple and isinstance(value, list):
         return tuple(value)

@@ -2,10 +2,14 @@
 
     python scripts/train_metarl.py                      # MAML on Navigation2D, CPU, a few minutes
     python scripts/train_metarl.py --device cuda --iterations 500
+    python scripts/train_metarl.py maml --inner-lr 0.05 --first-order   # agent settings after its name
+    python scripts/train_metarl.py --iterations 300 rl2 --env-kwargs num_arms 5 num_pulls 100
     python scripts/train_metarl.py --config runs/<run>/config.json --seed 1
     python scripts/train_metarl.py --resume runs/<run>  # continue a killed run
-    python scripts/train_metarl.py --help               # every field, explained
+    python scripts/train_metarl.py maml --help          # every field, explained
 
+Flags of the run (iterations, evaluation, device, seed, ...) come first, then
+the agent's name (``maml``, the default, or ``rl2``) and its own flags.
 ``--config FILE`` (JSON, e.g. a run's saved config.json) sets the defaults;
 flags given with it override the file.
 """
@@ -36,7 +40,8 @@ def parse(argv: list[str]) -> TrainConfig:
         data.pop("run_dir", None)  # a saved run's directory is not the new run's
         default = from_dict(TrainConfig, data)
         argv = argv[:i] + argv[i + 2 :]
-    return tyro.cli(TrainConfig, default=default, args=argv, description=__doc__)
+    cli_style = (tyro.conf.OmitSubcommandPrefixes, tyro.conf.ConsolidateSubcommandArgs)
+    return tyro.cli(TrainConfig, default=default, args=argv, description=__doc__, config=cli_style)
 
 
 def report(outcome: RunOutcome) -> str:

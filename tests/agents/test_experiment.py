@@ -22,20 +22,8 @@ from metarl.checkpoint import latest_checkpoint, load_checkpoint
 from metarl.evaluation import EvalConfig
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY_FLAGS = [
-    "--meta-batch-size",
-    "3",
-    "--episodes-per-task",
-    "2",
-    "--horizon",
-    "10",
-    "--eval.num-tasks",
-    "3",
-    "--eval.seeds",
-    "0",
-    "--threads",
-    "1",
-]
+RUN_FLAGS = ["--eval.num-tasks", "3", "--eval.seeds", "0", "--threads", "1"]
+AGENT_FLAGS = ["maml", "--meta-batch-size", "3", "--episodes-per-task", "2", "--horizon", "10"]
 
 
 def tiny_config(run_dir: Path, **overrides) -> TrainConfig:
@@ -121,10 +109,10 @@ def test_bad_settings_are_refused_before_a_run_directory_exists(tmp_path: Path) 
 
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_same_parameters(tmp_path: Path) -> None:
-    common = [*TINY_FLAGS, "--iterations", "12", "--checkpoint-every", "1", "--no-baselines", "--no-progress"]
-    straight = script("train_metarl.py", *common, "--run-dir", str(tmp_path / "straight"))
+    common = [*RUN_FLAGS, "--iterations", "12", "--checkpoint-every", "1", "--no-baselines", "--no-progress"]
+    straight = script("train_metarl.py", *common, "--run-dir", str(tmp_path / "straight"), *AGENT_FLAGS)
     killed_dir = tmp_path / "killed"
-    victim = script("train_metarl.py", *common, "--run-dir", str(killed_dir), start_new_session=True)
+    victim = script("train_metarl.py", *common, "--run-dir", str(killed_dir), *AGENT_FLAGS, start_new_session=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         found = latest_checkpoint(killed_dir) if (killed_dir / "checkpoints").exists() else None
@@ -155,7 +143,7 @@ def test_config_file_then_flags(tmp_path: Path, load_script) -> None:
     first = tmp_path / "first"
     train(tiny_config(first, iterations=1, baselines=False))
     config = train_script.parse(
-        ["--config", str(first / "config.json"), "--inner-lr", "0.05", "--run-dir", str(tmp_path / "second")]
+        ["--config", str(first / "config.json"), "--run-dir", str(tmp_path / "second"), "maml", "--inner-lr", "0.05"]
     )
     assert config.agent.inner_lr == 0.05 and config.agent.meta_batch_size == 3 and config.iterations == 1
     assert config.run_dir == tmp_path / "second"
@@ -176,15 +164,28 @@ def test_evaluate_script_on_a_saved_run(tmp_path: Path) -> None:
 def test_unknown_agent_is_refused_naming_the_known_ones() -> None:
     from agents.experiment import make_agent
 
-    with pytest.raises(TypeError, match=r"no agent takes a EvalConfig; known agents: \['maml'\]"):
+    with pytest.raises(TypeError, match=r"no agent takes a EvalConfig; known agents: \['maml', 'rl2'\]"):
         make_agent(EvalConfig())  # type: ignore[arg-type]
 
 
 def test_cli_rejects_unknown_flags_and_bad_values(load_script, capsys: pytest.CaptureFixture[str]) -> None:
     train_script = load_script("train_metarl")
     with pytest.raises(SystemExit):
-        train_script.parse(["--agent", "rl3"])
-    assert "--agent" in capsys.readouterr().err
+        train_script.parse(["rl3"])
+    assert "rl3" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        train_script.parse(["--inner-lr", "-1"])
+        train_script.parse(["maml", "--inner-lr", "-1"])
     assert "inner_lr must be positive, got -1.0" in capsys.readouterr().err
+
+
+def test_rl2_run_is_evaluated_per_episode_beside_the_reference_policies(tmp_path: Path) -> None:
+    from agents.ppo import PPOSettings
+    from agents.rl2 import RL2Config
+
+    agent = RL2Config(env_kwargs={"num_arms": 2, "num_pulls": 3}, num_envs=8, hidden_size=8, ppo=PPOSettings(num_minibatches=2))
+    outcome = train(tiny_config(tmp_path / "run", agent=agent, iterations=2))
+    assert outcome.result is not None
+    names = set(outcome.result.curves)
+    assert {"RL2", "random init (untrained RL²)", "Gittins", "Thompson", "UCB1"} <= names
+    assert outcome.result.curves["RL2"].steps == [0]  # one episode per trial: the trial's total reward
+    assert load_checkpoint(outcome.checkpoint)["agent"]["config"]["hidden_size"] == 8

@@ -106,7 +106,7 @@ def test_trpo_step_respects_the_kl_bound_and_improves() -> None:
         return ((outputs(p)[:, :4] - target - 3.0) ** 2).mean()
 
     params = {"mean": mean}
-    before = float(loss(params))
+    before = float(loss(params).detach())
     stats = trpo_step(params, loss, outputs, kl, max_kl=0.01)
     assert float(kl(outputs(params))) <= 0.01 + 1e-7
     assert float(loss(params)) < before and stats["improvement"] > 0

@@ -1,0 +1,178 @@
+"""RL²: a recurrent policy that learns to explore within a trial (Duan et al. 2016; Wang et al. 2016).
+
+Reads top to bottom:
+
+1. sample one training task per env; a trial is ``episodes_per_trial``
+   episodes of that task (:class:`metarl.trials.TrialEnv`);
+2. roll out whole trials with a GRU policy whose input is (observation,
+   previous action, previous reward, episode-end flag) and whose memory is
+   carried across episode boundaries and reset only between trials;
+3. GAE over trials (a trial's end is terminal), then PPO with recurrent
+   minibatches of whole env sequences, truncated BPTT of configurable length.
+
+Adaptation happens in the memory, not the weights: the adaptation curve is
+the return of episode 0, 1, ... of a trial on held-out tasks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Annotated, Any
+
+import torch
+import tyro
+
+import metarl
+from agents.ppo import PPOSettings, ppo_update
+from metarl.env import TensorEnv
+from metarl.policies import GRUPolicy, init_parameters
+from metarl.returns import gae, next_values
+from metarl.rollout import collect, start
+from metarl.tasks import Tasks
+from metarl.trials import TrialEnv
+
+
+@dataclasses.dataclass
+class RL2Config:
+    """RL² hyperparameters. Defaults: Bernoulli bandits with 5 arms and 10 pulls (the RL² paper's smallest setting)."""
+
+    env_id: str = "metarl/BernoulliBandit-v0"
+    """Registered task family to meta-train on."""
+    env_kwargs: dict[str, int] = dataclasses.field(default_factory=dict)
+    """Keyword arguments of the family, e.g. ``--env-kwargs num_arms 10 num_pulls 100`` (the bandit's defaults: 5 arms, 10 pulls)."""
+    episodes_per_trial: int = 1
+    """Episodes of one task per trial (K)."""
+    num_envs: int = 256
+    """Trials run side by side, each on its own task."""
+    hidden_size: int = 256
+    """GRU width."""
+    gamma: float = 0.99
+    """Discount within a trial."""
+    gae_lambda: float = 0.3
+    """GAE lambda (the RL² paper uses 0.3 for bandits)."""
+    ppo: PPOSettings = dataclasses.field(default_factory=PPOSettings)
+    """PPO update settings (epochs, minibatches, clip, learning rate, BPTT length, ...)."""
+    eval_envs_per_task: int = 4
+    """Trials per held-out task in ``adaptation_curve``."""
+    device: Annotated[str, tyro.conf.Suppress] = "cpu"
+    """Torch device for envs, policy and updates (on the command line: train_metarl.py's --device)."""
+    seed: Annotated[int, tyro.conf.Suppress] = 0
+    """Seed of every generator the agent owns (on the command line: train_metarl.py's --seed)."""
+
+    def __post_init__(self) -> None:
+        for name in ("episodes_per_trial", "num_envs", "hidden_size", "eval_envs_per_task"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        for name in ("gamma", "gae_lambda"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)!r}")
+        if self.num_envs < self.ppo.num_minibatches:
+            raise ValueError(f"num_envs ({self.num_envs}) must be at least ppo.num_minibatches ({self.ppo.num_minibatches})")
+
+
+class RL2:
+    """The RL² meta-learner (see the module docstring); follows :class:`metarl.agent.MetaLearner`."""
+
+    def __init__(self, config: RL2Config) -> None:
+        self.config = config
+        self.device = torch.device(config.device)
+        self.family = metarl.make_family(config.env_id, **config.env_kwargs)
+        if self.family.max_episode_steps is None:
+            raise ValueError(f"{config.env_id} declares no episode limit; RL² needs bounded trials")
+        self.env = self._trial_env(config.num_envs, config.episodes_per_trial, config.seed + 2)
+        self.trial_steps = self.env.max_trial_steps
+        if config.ppo.bptt_length is not None and self.trial_steps % config.ppo.bptt_length:
+            raise ValueError(f"ppo.bptt_length {config.ppo.bptt_length} must divide the trial length {self.trial_steps}")
+        obs_dim = int(self.env.single_observation_space.shape[0])
+        policy = GRUPolicy(obs_dim, self.family.action_space, config.hidden_size)
+        self.policy = init_parameters(policy, torch.Generator().manual_seed(config.seed)).to(self.device)
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.ppo.lr, eps=1e-5)
+        self.task_generator = torch.Generator().manual_seed(config.seed)
+        self.action_generator = torch.Generator(device=self.device).manual_seed(config.seed + 1)
+        self.minibatch_generator = torch.Generator().manual_seed(config.seed + 3)
+        self._eval_envs: dict[tuple[int, int], TrialEnv] = {}
+        self.iteration = 0
+
+    def _trial_env(self, num_envs: int, episodes_per_trial: int, seed: int) -> TrialEnv:
+        env = TensorEnv(self.family, num_envs=num_envs, device=self.device, seed=seed, validate_actions=False)
+        return TrialEnv(env, episodes_per_trial)
+
+    # --- meta-training ------------------------------------------------------------------
+    def meta_train_step(self) -> dict[str, float]:
+        """One rollout of one trial per env on fresh training tasks, then a PPO update."""
+        cfg = self.config
+        began = time.perf_counter()
+        tasks = self.family.task_space.sample(cfg.num_envs, generator=self.task_generator, split="train")
+        self.env.set_tasks(tasks)
+        params = {k: v.detach() for k, v in self.policy.named_parameters()}
+        traj, _ = collect(self.env, self.policy, params, self.trial_steps, start(self.env, self.policy), self.action_generator)
+        sampled = time.perf_counter()
+        nv = next_values(traj.values, traj.last_value, traj.terminated, traj.truncated, traj.final_values)
+        advantages, returns = gae(traj.rewards, traj.values, nv, traj.done, cfg.gamma, cfg.gae_lambda)
+        stats = ppo_update(self.policy, self.optimizer, traj, advantages, returns, cfg.ppo, self.minibatch_generator)
+        self.iteration += 1
+        trials = traj.episode_stats()
+        return {
+            "trial_return": float(trials["episode_return"]),
+            **stats,
+            "seconds_sampling": sampled - began,
+            "seconds_update": time.perf_counter() - sampled,
+            "env_steps_per_second": traj.num_steps * traj.num_envs / (sampled - began),
+        }
+
+    # --- evaluation -------------------------------------------------------------------------
+    @torch.no_grad()
+    def adaptation_curve(self, tasks: Tasks, num_steps: int, generator: torch.Generator) -> torch.Tensor:
+        """Mean return of episode 0..``num_steps`` of a trial, per task: ``(num_steps + 1, M)``.
+
+        Trials here have ``num_steps + 1`` episodes (training used
+        ``episodes_per_trial``); each task runs ``eval_envs_per_task`` trials.
+        """
+        episodes = num_steps + 1
+        per_task = self.config.eval_envs_per_task
+        key = (len(tasks), episodes)
+        if key not in self._eval_envs:
+            self._eval_envs[key] = self._trial_env(len(tasks) * per_task, episodes, seed=0)
+        env = self._eval_envs[key]
+        env.set_tasks(tasks.repeat_interleave(per_task))
+        seeds = torch.randint(2**62, (2,), generator=generator).tolist()
+        obs = env.reset(seed=seeds[0])
+        actions = torch.Generator(device=self.device).manual_seed(seeds[1])
+        hidden = self.policy.initial_hidden(env.num_envs, self.device)
+        totals = torch.zeros(episodes, env.num_envs, device=self.device)
+        in_first_trial = torch.ones(env.num_envs, dtype=torch.bool, device=self.device)
+        columns = torch.arange(env.num_envs, device=self.device)
+        for _ in range(env.max_trial_steps):
+            out = self.policy(obs, hidden)
+            action = self.policy.action_dist.sample(out.dist_params, actions)
+            episode = env.episode_index.clone()
+            step = env.step(action)
+            totals.index_put_((episode, columns), step.reward * in_first_trial, accumulate=True)
+            in_first_trial &= ~step.terminated
+            hidden = torch.where(step.reset_memory.unsqueeze(-1), torch.zeros_like(out.hidden), out.hidden)
+            obs = step.obs
+        return totals.reshape(episodes, len(tasks), per_task).mean(-1).cpu()
+
+    # --- state ----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "config": dataclasses.asdict(self.config),
+            "policy": self.policy.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "task_generator": self.task_generator.get_state(),
+            "action_generator": self.action_generator.get_state(),
+            "minibatch_generator": self.minibatch_generator.get_state(),
+            "env_generator": self.env.env.generator.get_state(),
+            "iteration": self.iteration,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.policy.load_state_dict(state["policy"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.task_generator.set_state(state["task_generator"])
+        self.action_generator.set_state(state["action_generator"])
+        self.minibatch_generator.set_state(state["minibatch_generator"])
+        self.env.env.generator.set_state(state["env_generator"])
+        self.iteration = state["iteration"]

@@ -1,0 +1,111 @@
+"""Trials: K episodes of the same task seen as one episode, with RL²'s inputs.
+
+RL² (Duan et al. 2016, "RL²: Fast Reinforcement Learning via Slow Reinforcement
+Learning"; Wang et al. 2016, "Learning to reinforcement learn") meta-learns
+with a recurrent policy whose memory persists across the episodes of a
+trial, so exploration in early episodes can pay off in later ones.
+:class:`TrialEnv` turns any batched env into that setting:
+
+* the observation becomes ``[obs, previous action, previous reward, previous
+  episode-end flag]`` (the action one-hot for discrete spaces), all three
+  zero at the start of a trial;
+* a trial is ``episodes_per_trial`` episodes of the same task (autoreset
+  keeps the task); its end is reported as ``terminated`` (nothing after it
+  counts), and ``reset_memory`` is set only there, so the rollout engine
+  carries the hidden state across episode boundaries and resets it between trials;
+* ``episode_return`` / ``episode_length`` report whole trials;
+  :attr:`TrialEnv.episode_index` says which episode of its trial each env is in.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from gymnasium import spaces
+
+from metarl.env import StepOutput, TensorEnv, TensorEnvView
+
+
+class TrialEnv(TensorEnvView):
+    """``env`` with trials of ``episodes_per_trial`` episodes and RL²'s augmented observations."""
+
+    def __init__(self, env: TensorEnv, episodes_per_trial: int) -> None:
+        if not isinstance(episodes_per_trial, int) or isinstance(episodes_per_trial, bool) or episodes_per_trial < 1:
+            raise ValueError(f"episodes_per_trial must be a positive int, got {episodes_per_trial!r}")
+        base = env.single_observation_space
+        if not isinstance(base, spaces.Box) or len(base.shape) != 1:
+            raise TypeError(f"TrialEnv needs a flat Box observation space, got {base}")
+        self.env = env
+        self.episodes_per_trial = episodes_per_trial
+        self.num_envs = env.num_envs
+        self.device = env.device
+        self.single_action_space = env.single_action_space
+        action_space = env.single_action_space
+        if isinstance(action_space, spaces.Discrete):
+            self._num_actions: int | None = int(action_space.n)
+            action_low, action_high = np.zeros(self._num_actions), np.ones(self._num_actions)
+        else:
+            self._num_actions = None
+            action_low, action_high = action_space.low, action_space.high
+        low = np.concatenate([base.low, action_low, [-np.inf], [0.0]]).astype(np.float32)
+        high = np.concatenate([base.high, action_high, [np.inf], [1.0]]).astype(np.float32)
+        self.single_observation_space = spaces.Box(low, high, dtype=np.float32)
+        self.episode_index = torch.zeros(self.num_envs, dtype=torch.long, device=self.device)
+        self._trial_return = torch.zeros(self.num_envs, device=self.device)
+        self._trial_length = torch.zeros(self.num_envs, dtype=torch.long, device=self.device)
+
+    @property
+    def max_trial_steps(self) -> int | None:
+        """Steps of the longest possible trial (``None`` if the family has no episode limit)."""
+        limit = self.env.family.max_episode_steps
+        return None if limit is None else limit * self.episodes_per_trial
+
+    def _action_features(self, action: torch.Tensor) -> torch.Tensor:
+        if self._num_actions is None:
+            return action.float()
+        return (action.unsqueeze(-1) == torch.arange(self._num_actions, device=action.device)).float()
+
+    def _augment(self, obs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor, ended: torch.Tensor) -> torch.Tensor:
+        return torch.cat([obs, action, reward.unsqueeze(-1), ended.float().unsqueeze(-1)], dim=-1)
+
+    def reset(self, seed: int | None = None) -> torch.Tensor:
+        """Start a new trial in every env (same tasks)."""
+        obs = self.env.reset(seed=seed)
+        self.episode_index = torch.zeros_like(self.episode_index)
+        self._trial_return = torch.zeros_like(self._trial_return)
+        self._trial_length = torch.zeros_like(self._trial_length)
+        width = self._num_actions or int(np.prod(self.single_action_space.shape))
+        no_action = torch.zeros(self.num_envs, width, device=self.device)
+        return self._augment(
+            obs, no_action, torch.zeros_like(self._trial_return), torch.zeros_like(self.episode_index, dtype=torch.bool)
+        )
+
+    def step(self, action: torch.Tensor) -> StepOutput:
+        out = self.env.step(action)
+        ended = out.done
+        index = self.episode_index + ended.long()
+        trial_end = ended & (index >= self.episodes_per_trial)
+        self.episode_index = torch.where(trial_end, 0, index)
+        trial_return = self._trial_return + out.reward
+        trial_length = self._trial_length + 1
+        running = ~trial_end
+        self._trial_return = trial_return * running
+        self._trial_length = trial_length * running
+        features = self._action_features(torch.as_tensor(action, device=self.device))
+        # The first observation of a new trial carries no previous action, reward or flag.
+        keep = running.float().unsqueeze(-1)
+        next_obs = self._augment(out.obs, features * keep, out.reward * running, ended & running)
+        final_obs = self._augment(out.final_obs, features, out.reward, ended)
+        return StepOutput(
+            obs=next_obs,
+            reward=out.reward,
+            terminated=trial_end,
+            truncated=torch.zeros_like(trial_end),
+            final_obs=final_obs,
+            episode_return=trial_return * trial_end,
+            episode_length=trial_length * trial_end,
+            reset_memory=trial_end,
+        )
+
+    def __repr__(self) -> str:
+        return f"TrialEnv({self.env!r}, episodes_per_trial={self.episodes_per_trial})"
