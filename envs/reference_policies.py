@@ -71,6 +71,12 @@ def _child_generator(generator: torch.Generator, device: torch.device) -> torch.
 # --- generator-aware samplers ------------------------------------------------------------
 
 
+def _seeded_env(family: BernoulliBandit | TabularMDP, tasks: Tasks, generator: torch.Generator) -> TensorEnv:
+    """The family's TensorEnv running ``tasks`` (one per env), its noise seeded from ``generator``."""
+    seed = int(torch.randint(2**62, (), generator=generator, device=generator.device))
+    return TensorEnv(family, len(tasks), device=tasks.device, tasks=tasks, seed=seed, validate_actions=False)
+
+
 def sample_gamma(concentration: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """One ``Gamma(concentration, 1)`` draw per element, from ``generator`` only (float64).
 
@@ -279,8 +285,6 @@ class ThompsonSampling(BanditPolicy):
         theta = sample_beta(belief.successes + 1.0, belief.failures + 1.0, generator)
         return argmax_random_ties(theta, generator)
 
-    def action_probs(self, belief: BanditBelief) -> torch.Tensor:
-        raise NotImplementedError("ThompsonSampling has no closed-form action distribution")
 
 
 class GittinsIndex(IndexPolicy):
@@ -557,14 +561,7 @@ def play_bandit(
     _check_positive_int("num_episodes", num_episodes)
     num_envs, num_arms = tasks.means.shape
     device = tasks.device
-    env = TensorEnv(
-        BernoulliBandit(num_arms=num_arms, num_pulls=num_pulls),
-        num_envs,
-        device=device,
-        tasks=tasks,
-        seed=int(torch.randint(2**62, (), generator=generator, device=generator.device)),
-        validate_actions=False,
-    )
+    env = _seeded_env(BernoulliBandit(num_arms=num_arms, num_pulls=num_pulls), tasks, generator)
     policy_generator = _child_generator(generator, device)
     env.reset()
     rows = torch.arange(num_envs, device=device)
@@ -734,14 +731,7 @@ def play_mdp(
     _check_positive_int("num_episodes", num_episodes)
     num_envs, num_states, num_actions = tasks.reward_means.shape
     device = tasks.device
-    env = TensorEnv(
-        TabularMDP(num_states, num_actions, episode_length),
-        num_envs,
-        device=device,
-        tasks=tasks,
-        seed=int(torch.randint(2**62, (), generator=generator, device=generator.device)),
-        validate_actions=False,
-    )
+    env = _seeded_env(TabularMDP(num_states, num_actions, episode_length), tasks, generator)
     policy_generator = _child_generator(generator, device)
     obs = env.reset()
     rows = torch.arange(num_envs, device=device)
