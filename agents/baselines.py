@@ -34,15 +34,24 @@ class LinearFeatureBaseline:
         obs = obs.to(torch.float64).clamp(-10, 10)
         return torch.cat([obs, obs.square(), t, t.square(), t.pow(3), torch.ones_like(t)], dim=-1)
 
-    def fit_predict(self, obs: torch.Tensor, done: torch.Tensor, returns: torch.Tensor, num_tasks: int) -> torch.Tensor:
-        """Fit one regression per task on ``(T, N)`` data (N = tasks x envs, task-major) and predict values."""
+    def fit_predict(
+        self, obs: torch.Tensor, done: torch.Tensor, returns: torch.Tensor, num_tasks: int, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Fit one regression per task on ``(T, N)`` data (N = tasks x envs, task-major) and predict values.
+
+        ``mask`` (``(T, N)``, 1 where a sample counts) leaves the other samples out of the fit.
+        """
         num_steps, num_envs = returns.shape
         per_task = num_envs // num_tasks
         x = self.features(obs, done)  # (T, N, F)
         x = x.reshape(num_steps, num_tasks, per_task, -1).transpose(0, 1).reshape(num_tasks, num_steps * per_task, -1)
         y = returns.to(torch.float64).reshape(num_steps, num_tasks, per_task).transpose(0, 1).reshape(num_tasks, -1, 1)
-        gram = x.mT @ x
+        fit_x = x
+        if mask is not None:
+            keep = mask.to(torch.float64).reshape(num_steps, num_tasks, per_task).transpose(0, 1).reshape(num_tasks, -1, 1)
+            fit_x, y = x * keep, y * keep
+        gram = fit_x.mT @ fit_x
         eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
-        weights = torch.linalg.solve(gram + self.reg_coeff * eye, x.mT @ y)
+        weights = torch.linalg.solve(gram + self.reg_coeff * eye, fit_x.mT @ y)
         values = (x @ weights).reshape(num_tasks, num_steps, per_task).transpose(0, 1).reshape(num_steps, num_envs)
         return values.to(returns.dtype)

@@ -167,8 +167,13 @@ def evaluate_agent(agent: Agent, config: TrainConfig, logger: RunLogger, tasks: 
             pretrained = make_agent(dataclasses.replace(config.agent, inner_steps=0))
             iterations = config.iterations if config.pretrain_iterations is None else config.pretrain_iterations
             meta_train(
-                pretrained, logger, iterations, progress=config.progress, description="pretraining baseline",
-                metric_prefix="pretrained/", checkpoint=False,
+                pretrained,
+                logger,
+                iterations,
+                progress=config.progress,
+                description="pretraining baseline",
+                metric_prefix="pretrained/",
+                checkpoint=False,
             )
             learners["pretrained + adaptation"] = pretrained
         else:
@@ -177,8 +182,15 @@ def evaluate_agent(agent: Agent, config: TrainConfig, logger: RunLogger, tasks: 
     oracle = functools.partial(oracle_returns, agent.family, num_envs_per_task=1, device=config.agent.device)
     title = f"{config.agent_name.upper()} on {config.agent.env_id}, held-out tasks"
     return evaluate(
-        learners, tasks, eval_config, oracle=oracle, run_dir=logger.run_dir, logger=logger, title=title,
-        x_label=x_label, step=config.iterations,
+        learners,
+        tasks,
+        eval_config,
+        oracle=oracle,
+        run_dir=logger.run_dir,
+        logger=logger,
+        title=title,
+        x_label=x_label,
+        step=config.iterations,
     )
 
 

@@ -27,7 +27,7 @@ from torch.func import functional_call, vmap
 
 import metarl
 from agents.baselines import LinearFeatureBaseline
-from agents.losses import ppo_clip_loss, reinforce_loss, surrogate_loss
+from agents.losses import masked_mean, ppo_clip_loss, reinforce_loss, surrogate_loss
 from agents.trpo import trpo_step
 from metarl.env import TensorEnv
 from metarl.policies import MLPPolicy, init_parameters
@@ -132,6 +132,7 @@ class _Batch:
     log_probs: torch.Tensor
     dist_params: torch.Tensor
     advantages: torch.Tensor
+    mask: torch.Tensor  # 1 for samples of each env's first episode
     returns: torch.Tensor  # (M,) mean episode return per task
 
 
@@ -188,33 +189,43 @@ class MAML:
 
     # --- sampling and advantages -----------------------------------------------------
     def _rollout(self, env: TensorEnv, params: Params, num_tasks: int) -> _Batch:
+        """One episode per env (its first; the rest of the rollout is masked out), as in the paper.
+
+        An env whose episode terminates early autoresets and keeps stepping; those
+        later steps would mix a second, cut-off episode into the baseline and the
+        losses, so every statistic below counts the first episode only.
+        """
         carry = start(env, self.policy)
         traj, _ = collect(env, self.policy, params, self.horizon, carry, generator=self.action_generator)
+        first_episode = torch.cumprod(torch.cat([torch.ones_like(traj.done[:1]), ~traj.done[:-1]]), dim=0)
         # The horizon is the objective (as in the paper): episode ends and the rollout end are not bootstrapped.
         returns = discounted_returns(traj.rewards, traj.terminated, traj.truncated, self.config.gamma)
-        values = self.baseline.fit_predict(traj.obs, traj.done, returns, num_tasks)
+        values = self.baseline.fit_predict(traj.obs, traj.done, returns, num_tasks, mask=first_episode)
         nv = next_values(values, None, traj.terminated, traj.truncated)
         adv, _ = gae(traj.rewards, values, nv, traj.done, self.config.gamma, self.config.gae_lambda)
+        mask = to_task_major(first_episode, num_tasks).to(adv.dtype)
         adv = to_task_major(adv, num_tasks)
-        adv = (adv - adv.mean(dim=1, keepdim=True)) / (adv.std(dim=1, keepdim=True) + 1e-8)
-        # Each env's first episode, up to the horizon: its return is the objective's (and the paper's) measure.
-        in_first_episode = torch.cumprod(torch.cat([torch.ones_like(traj.done[:1]), ~traj.done[:-1]]), dim=0)
-        per_env = (traj.rewards * in_first_episode).sum(0)
-        per_task = per_env.reshape(num_tasks, -1).mean(1)
+        mean = masked_mean(adv, mask).unsqueeze(1)
+        std = masked_mean((adv - mean).square(), mask).sqrt().unsqueeze(1)
+        adv = (adv - mean) / (std + 1e-8) * mask
+        per_env = (traj.rewards * first_episode).sum(0)
         return _Batch(
             obs=to_task_major(traj.obs, num_tasks),
             actions=to_task_major(traj.actions, num_tasks),
             log_probs=to_task_major(traj.log_probs, num_tasks),
             dist_params=to_task_major(traj.dist_params, num_tasks),
             advantages=adv,
-            returns=per_task,
+            mask=mask,
+            returns=per_env.reshape(num_tasks, -1).mean(1),
         )
 
     # --- the inner loop -----------------------------------------------------------------
-    def _task_loss(self, params: Params, obs: torch.Tensor, actions: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
+    def _task_loss(
+        self, params: Params, obs: torch.Tensor, actions: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
         """The inner (REINFORCE) loss of one task's samples under one set of parameters."""
         dist_params = functional_call(self.policy, params, (obs, None)).dist_params
-        return reinforce_loss(self.policy.action_dist.log_prob(dist_params, actions), advantages)
+        return reinforce_loss(self.policy.action_dist.log_prob(dist_params, actions), advantages, mask)
 
     def _adapt(self, params: Params, lrs: Params, batch: _Batch, first_order: bool) -> Params:
         """One inner policy-gradient step on every task: per-task parameters ``(M, ...)``.
@@ -228,17 +239,13 @@ class MAML:
         shared = task_batch_size(self.policy, params) is None
         task_grad = torch.func.grad(self._task_loss)
         if self.config.inner_loop == "batched":
-            grads = vmap(task_grad, in_dims=(None if shared else 0, 0, 0, 0))(params, batch.obs, batch.actions, batch.advantages)
+            data = (batch.obs, batch.actions, batch.advantages, batch.mask)
+            grads = vmap(task_grad, in_dims=(None if shared else 0, 0, 0, 0, 0))(params, *data)
         else:
-            per_task = [
-                task_grad(
-                    params if shared else {k: v[i] for k, v in params.items()},
-                    batch.obs[i],
-                    batch.actions[i],
-                    batch.advantages[i],
-                )
-                for i in range(num_tasks)
-            ]
+            per_task = []
+            for i in range(num_tasks):
+                task_params = params if shared else {k: v[i] for k, v in params.items()}
+                per_task.append(task_grad(task_params, batch.obs[i], batch.actions[i], batch.advantages[i], batch.mask[i]))
             grads = {k: torch.stack([g[k] for g in per_task]) for k in params}
         if first_order:
             grads = {k: g.detach() for k, g in grads.items()}
@@ -289,11 +296,12 @@ class MAML:
             return policy_forward(self.policy, adapted, flat_obs).dist_params.reshape(*valid.obs.shape[:2], -1)
 
         def surrogate(outer: Params) -> torch.Tensor:
-            return surrogate_loss(dist.log_prob(outputs(outer), valid.actions), valid.log_probs, valid.advantages).mean()
+            log_probs = dist.log_prob(outputs(outer), valid.actions)
+            return surrogate_loss(log_probs, valid.log_probs, valid.advantages, valid.mask).mean()
 
         def kl(new_dist_params: torch.Tensor) -> torch.Tensor:
             # KL(new || sampling policy), as TRPO's reference implementations measure it.
-            return dist.kl(new_dist_params, valid.dist_params).mean()
+            return masked_mean(dist.kl(new_dist_params, valid.dist_params), valid.mask).mean()
 
         params = self._outer_params()
         if cfg.outer == "trpo":
@@ -304,7 +312,8 @@ class MAML:
             assert self.optimizer is not None
             for _ in range(cfg.ppo_epochs):
                 new = outputs(params)
-                loss = ppo_clip_loss(dist.log_prob(new, valid.actions), valid.log_probs, valid.advantages, cfg.ppo_clip).mean()
+                log_probs = dist.log_prob(new, valid.actions)
+                loss = ppo_clip_loss(log_probs, valid.log_probs, valid.advantages, cfg.ppo_clip, valid.mask).mean()
                 self.optimizer.zero_grad()
                 loss.backward()
                 self.optimizer.step()

@@ -7,8 +7,10 @@ import torch
 
 import envs  # noqa: F401
 import metarl
+from agents.losses import surrogate_loss
 from agents.maml import MAML, MAMLConfig, _Batch
 from agents.trpo import flat, trpo_step
+from envs.navigation import NavigationTasks
 from metarl.evaluation import EvalConfig, held_out_tasks
 from metarl.rollout import policy_forward
 
@@ -23,7 +25,8 @@ def synthetic_batch(agent: MAML, num_tasks: int, samples: int, generator: torch.
     dist_params = policy_forward(agent.policy, params, obs.flatten(0, 1)).dist_params.reshape(num_tasks, samples, -1)
     log_probs = agent.policy.action_dist.log_prob(dist_params, actions)
     advantages = torch.randn(num_tasks, samples, generator=generator, dtype=torch.float64)
-    return _Batch(obs, actions, log_probs, dist_params, advantages, torch.zeros(num_tasks, dtype=torch.float64))
+    mask = (torch.rand(num_tasks, samples, generator=generator) > 0.2).double()  # some samples left out
+    return _Batch(obs, actions, log_probs, dist_params, advantages * mask, mask, torch.zeros(num_tasks, dtype=torch.float64))
 
 
 def meta_objective(agent: MAML, inner: list[_Batch], valid: _Batch):
@@ -31,7 +34,7 @@ def meta_objective(agent: MAML, inner: list[_Batch], valid: _Batch):
         adapted = agent._replay_adaptation(outer, inner)
         dist = policy_forward(agent.policy, adapted, valid.obs.flatten(0, 1)).dist_params.reshape(*valid.obs.shape[:2], -1)
         log_probs = agent.policy.action_dist.log_prob(dist, valid.actions)
-        return -(torch.exp(log_probs - valid.log_probs) * valid.advantages).mean()
+        return surrogate_loss(log_probs, valid.log_probs, valid.advantages, valid.mask).mean()
 
     return objective
 
@@ -78,7 +81,9 @@ def test_first_order_gradient_is_the_gradient_at_the_adapted_parameters() -> Non
     # i.e. the sum over tasks of the gradient at each task's adapted parameters.
     adapted = {k: v.detach().requires_grad_() for k, v in first._replay_adaptation(outer, inner).items()}
     dist = policy_forward(first.policy, adapted, valid.obs.flatten(0, 1)).dist_params.reshape(3, 9, -1)
-    loss = -(torch.exp(first.policy.action_dist.log_prob(dist, valid.actions) - valid.log_probs) * valid.advantages).mean()
+    loss = surrogate_loss(
+        first.policy.action_dist.log_prob(dist, valid.actions), valid.log_probs, valid.advantages, valid.mask
+    ).mean()
     at_adapted = torch.autograd.grad(loss, list(adapted.values()))
     for g, a in zip(fo_grads, at_adapted, strict=True):
         torch.testing.assert_close(g, a.sum(0))
@@ -86,6 +91,21 @@ def test_first_order_gradient_is_the_gradient_at_the_adapted_parameters() -> Non
         meta_objective(second, inner, valid)(second._outer_params()), list(second._outer_params().values())
     )
     assert not torch.allclose(flat(list(fo_grads)), flat(list(so_grads)))  # the second-order terms matter here
+
+
+def test_only_each_envs_first_episode_counts() -> None:
+    """An env that terminates early autoresets; MAML's batch must mask out the steps after that."""
+    agent = MAML(MAMLConfig(**{**TINY, "horizon": 8}))
+    with torch.no_grad():
+        for name, p in agent.policy.named_parameters():
+            p.fill_(-20.0 if name == "log_std" else 0.0)  # actions ~ 0: the robot stays at the origin
+    tasks = NavigationTasks(torch.tensor([[0.005, 0.005], [0.3, 0.3], [0.005, -0.005]]))  # goals 1 and 3: reached at once
+    agent.env.set_tasks(tasks.repeat_interleave(2))
+    batch = agent._rollout(agent.env, {k: v.detach() for k, v in agent.policy.named_parameters()}, 3)
+    per_env = batch.mask.reshape(3, 8, 2).sum(1)  # task-major (M, T*E) -> steps counted per env
+    assert per_env.tolist() == [[1, 1], [8, 8], [1, 1]]
+    assert bool((batch.advantages[batch.mask == 0] == 0).all())
+    torch.testing.assert_close(batch.returns, torch.tensor([-0.005 * 2**0.5, -8 * 0.3 * 2**0.5, -0.005 * 2**0.5]))
 
 
 def test_trpo_step_respects_the_kl_bound_and_improves() -> None:
