@@ -86,6 +86,8 @@ class MAMLConfig:
     """Policy activation (tanh or relu)."""
     init_log_std: float = 0.0
     """Initial log standard deviation of Gaussian policies."""
+    learn_log_std: bool = True
+    """Meta-learn the Gaussian policy's log standard deviation (False: keep ``init_log_std``; the inner step still adapts it)."""
     init: Literal["xavier", "torch"] = "xavier"
     """Weight initialisation: Glorot-uniform with zero biases (the MAML paper's rllab code) or PyTorch's default."""
     device: Annotated[str, tyro.conf.Suppress] = "cpu"
@@ -171,8 +173,8 @@ class MAML:
 
     # --- parameters -------------------------------------------------------------
     def _outer_params(self) -> Params:
-        """What the outer loop optimises: the policy, plus the inner step sizes under Meta-SGD."""
-        params = dict(self.policy.named_parameters())
+        """What the outer loop optimises: the policy (log-std unless fixed), plus the inner step sizes under Meta-SGD."""
+        params = {k: v for k, v in self.policy.named_parameters() if self.config.learn_log_std or k != "log_std"}
         if self.config.learn_inner_lr:
             params.update({f"inner_lr/{k}": v for k, v in self.inner_lrs.items()})
         return params
@@ -253,7 +255,8 @@ class MAML:
 
     def _split_outer(self, outer: Params) -> tuple[Params, Params]:
         """Outer parameters as (policy parameters, inner step sizes)."""
-        policy = {k: outer[k] for k in self.inner_lrs}
+        own = dict(self.policy.named_parameters())
+        policy = {k: outer[k] if k in outer else own[k].detach() for k in self.inner_lrs}
         lrs = {k: outer.get(f"inner_lr/{k}", self.inner_lrs[k]) for k in self.inner_lrs}
         return policy, lrs
 

@@ -148,6 +148,16 @@ def test_ppo_outer_loop_runs_and_moves_parameters() -> None:
     assert not torch.equal(before, flat(agent._outer_params()))
 
 
+def test_fixed_log_std_is_not_meta_learned() -> None:
+    agent = MAML(MAMLConfig(**{**TINY, "learn_log_std": False, "init_log_std": -0.5}))
+    weights = agent.policy.actor.layers[0].weight.detach().clone()
+    for _ in range(2):
+        stats = agent.meta_train_step()
+    assert torch.equal(agent.policy.log_std.detach(), torch.full((2,), -0.5))
+    assert stats["policy_log_std"] == -0.5
+    assert not torch.equal(agent.policy.actor.layers[0].weight.detach(), weights)
+
+
 def test_same_seed_same_meta_training() -> None:
     runs = []
     for _ in range(2):
