@@ -79,6 +79,8 @@ class BenchConfig:
     """Seed of the learning run."""
     learn_inner_lr: bool = False
     """Learning run: meta-learn the inner step sizes (Meta-SGD) instead of the fixed 0.1."""
+    learn_log_std: bool = True
+    """Learning run: meta-learn the policy's log-std (False: keep it at its initial value)."""
     run_dir: Path = Path("runs/bench_maml")
     """Where the learning run writes its run directory (config, metrics, evaluation, Comet)."""
     json_out: Path | None = None
@@ -126,9 +128,19 @@ def measure_speed(config: BenchConfig) -> list[dict[str, object]]:
 
 
 def measure_learning(config: BenchConfig, inner_loop: str) -> dict[str, object]:
-    agent_config = MAMLConfig(inner_loop=inner_loop, learn_inner_lr=config.learn_inner_lr, device=config.device, seed=config.seed)  # type: ignore[arg-type]
+    agent_config = MAMLConfig(
+        inner_loop=inner_loop,
+        learn_inner_lr=config.learn_inner_lr,
+        learn_log_std=config.learn_log_std,
+        device=config.device,
+        seed=config.seed,
+    )  # type: ignore[arg-type]
     eval_config = EvalConfig(num_tasks=40, num_steps=3, seeds=(0, 1, 2))
-    run_dir = config.run_dir / (time.strftime("%Y%m%d-%H%M%S") + ("-metasgd" if config.learn_inner_lr else ""))
+    run_dir = config.run_dir / (
+        time.strftime("%Y%m%d-%H%M%S")
+        + ("-metasgd" if config.learn_inner_lr else "")
+        + ("" if config.learn_log_std else "-fixedstd")
+    )
     out: dict[str, object] = {"run_dir": str(run_dir), "inner_loop": inner_loop, "budget_minutes": config.minutes}
     with RunLogger(run_dir, {"bench": dataclasses.asdict(config), "agent": dataclasses.asdict(agent_config)}) as logger:
         agent = MAML(agent_config)
