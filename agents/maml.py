@@ -34,6 +34,7 @@ from metarl.policies import MLPPolicy, init_parameters
 from metarl.returns import discounted_returns, gae, next_values
 from metarl.rollout import Params, collect, policy_forward, start, task_batch_size, to_task_major
 from metarl.tasks import Tasks
+from metarl.validation import check_positive_int
 
 
 @dataclasses.dataclass
@@ -98,9 +99,7 @@ class MAMLConfig:
     def __post_init__(self) -> None:
         positive_ints = ("meta_batch_size", "episodes_per_task", "cg_iters", "ls_max_steps", "ppo_epochs")
         for name in positive_ints:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            check_positive_int(name, getattr(self, name))
         if self.horizon is not None and (not isinstance(self.horizon, int) or self.horizon < 1):
             raise ValueError(f"horizon must be a positive int or None, got {self.horizon!r}")
         if not isinstance(self.inner_steps, int) or self.inner_steps < 0:

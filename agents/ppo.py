@@ -17,6 +17,7 @@ from torch import nn
 
 from agents.losses import ppo_clip_loss
 from metarl.rollout import Trajectories
+from metarl.validation import check_positive_int
 
 
 @dataclasses.dataclass
@@ -42,8 +43,7 @@ class PPOSettings:
 
     def __post_init__(self) -> None:
         for name in ("epochs", "num_minibatches"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}")
+            check_positive_int(name, getattr(self, name))
         for name in ("clip", "lr", "max_grad_norm"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")

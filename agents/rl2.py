@@ -31,6 +31,7 @@ from metarl.returns import gae, next_values
 from metarl.rollout import collect, start
 from metarl.tasks import Tasks
 from metarl.trials import TrialEnv
+from metarl.validation import check_positive_int
 
 
 @dataclasses.dataclass
@@ -62,9 +63,7 @@ class RL2Config:
 
     def __post_init__(self) -> None:
         for name in ("episodes_per_trial", "num_envs", "hidden_size", "eval_envs_per_task"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            check_positive_int(name, getattr(self, name))
         for name in ("gamma", "gae_lambda"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)!r}")

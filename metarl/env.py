@@ -24,6 +24,7 @@ from gymnasium import spaces
 
 from metarl.structs import TensorStruct
 from metarl.tasks import Split, Tasks, TaskSpace, check_split
+from metarl.validation import check_positive_int
 
 StateT = TypeVar("StateT", bound=TensorStruct)
 TasksT = TypeVar("TasksT", bound=Tasks)
@@ -144,8 +145,7 @@ class TensorEnv(Generic[TasksT, StateT]):
         validate_actions: bool = True,
         compile: bool = False,
     ) -> None:
-        if not isinstance(num_envs, int) or isinstance(num_envs, bool) or num_envs < 1:
-            raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
+        check_positive_int("num_envs", num_envs)
         self.family = family
         self.num_envs = num_envs
         self.device = torch.device(device)

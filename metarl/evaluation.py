@@ -37,6 +37,7 @@ from metarl.agent import MetaLearner
 from metarl.env import TaskFamily, TensorEnv
 from metarl.files import atomic_write, write_json
 from metarl.tasks import SPLITS, Split, Tasks, save_manifest
+from metarl.validation import is_int
 
 RESULT_FORMAT = "metarl.evaluation/1"
 _EXACT_T_MAX_DF = 1000  # above this the Cornish-Fisher expansion is within 1e-8 of the exact quantile
@@ -73,11 +74,11 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         self.seeds = tuple(self.seeds)
-        if not _is_int(self.num_tasks) or self.num_tasks < 1:
+        if not is_int(self.num_tasks) or self.num_tasks < 1:
             raise ValueError(f"num_tasks must be a positive int, got {self.num_tasks!r}")
-        if not _is_int(self.num_steps) or self.num_steps < 0:
+        if not is_int(self.num_steps) or self.num_steps < 0:
             raise ValueError(f"num_steps must be a non-negative int, got {self.num_steps!r}")
-        if not self.seeds or not all(_is_int(s) and s >= 0 for s in self.seeds):
+        if not self.seeds or not all(is_int(s) and s >= 0 for s in self.seeds):
             raise ValueError(f"seeds must be a non-empty tuple of non-negative ints, got {self.seeds!r}")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct (a repeated seed repeats the same rollouts), got {self.seeds!r}")
@@ -85,13 +86,9 @@ class EvalConfig:
             raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
         if not isinstance(self.confidence, float | int) or not 0.0 < self.confidence < 1.0:
             raise ValueError(f"confidence must lie strictly between 0 and 1, got {self.confidence!r}")
-        if not _is_int(self.task_seed) or self.task_seed < 0:
+        if not is_int(self.task_seed) or self.task_seed < 0:
             raise ValueError(f"task_seed must be a non-negative int, got {self.task_seed!r}")
         _check_sample_size(self.num_tasks, len(self.seeds))
-
-
-def _is_int(x: object) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def _check_sample_size(num_tasks: int, num_seeds: int) -> None:
@@ -132,7 +129,7 @@ def t_critical(confidence: float, df: int) -> float:
     """
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence!r}")
-    if not _is_int(df) or df < 1:
+    if not is_int(df) or df < 1:
         raise ValueError(f"degrees of freedom must be a positive int, got {df!r}")
     z = statistics.NormalDist().inv_cdf((1.0 + confidence) / 2.0)
     if df > _EXACT_T_MAX_DF:
@@ -430,7 +427,7 @@ def oracle_returns(
     counting each env's first episode only. ``generator`` seeds the env (initial
     states, stochastic dynamics).
     """
-    if not _is_int(num_envs_per_task) or num_envs_per_task < 1:
+    if not is_int(num_envs_per_task) or num_envs_per_task < 1:
         raise ValueError(f"num_envs_per_task must be a positive int, got {num_envs_per_task!r}")
     horizon = max_steps if max_steps is not None else family.max_episode_steps
     if horizon is None:

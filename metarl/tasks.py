@@ -32,6 +32,7 @@ import torch
 
 from metarl.files import write_json
 from metarl.structs import TensorStruct
+from metarl.validation import check_positive_int
 
 Split = Literal["train", "test"]
 SPLITS: tuple[str, ...] = ("train", "test")
@@ -143,8 +144,7 @@ class TaskSpace(ABC, Generic[TasksT]):
         Rejection sampling against :meth:`held_out`: the result is the first
         ``n`` accepted draws, so it depends only on the generator's state.
         """
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise ValueError(f"number of tasks must be a positive int, got {n!r}")
+        check_positive_int("number of tasks", n)
         check_split(split)
         if not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")

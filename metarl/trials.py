@@ -24,14 +24,14 @@ import torch
 from gymnasium import spaces
 
 from metarl.env import StepOutput, TensorEnv, TensorEnvView
+from metarl.validation import check_positive_int
 
 
 class TrialEnv(TensorEnvView):
     """``env`` with trials of ``episodes_per_trial`` episodes and RL²'s augmented observations."""
 
     def __init__(self, env: TensorEnv, episodes_per_trial: int) -> None:
-        if not isinstance(episodes_per_trial, int) or isinstance(episodes_per_trial, bool) or episodes_per_trial < 1:
-            raise ValueError(f"episodes_per_trial must be a positive int, got {episodes_per_trial!r}")
+        check_positive_int("episodes_per_trial", episodes_per_trial)
         base = env.single_observation_space
         if not isinstance(base, spaces.Box) or len(base.shape) != 1:
             raise TypeError(f"TrialEnv needs a flat Box observation space, got {base}")
