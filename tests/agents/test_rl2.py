@@ -90,3 +90,21 @@ def test_rl2_beats_random_on_two_armed_bandits() -> None:
     assert total > random_policy + (best_arm - random_policy) / 4, (
         f"RL² {total:.2f}, random {random_policy:.2f}, best arm {best_arm:.2f}"
     )
+
+
+@pytest.mark.parametrize(
+    ("env_id", "episodes"),
+    [("metarl/Navigation2D-v0", 2), ("metarl/CartPole-v0", 2), ("metarl/Pendulum-v0", 1)],
+)
+def test_rl2_runs_beyond_bandits(env_id: str, episodes: int) -> None:
+    """Goal-varying and dynamics-varying families, continuous and discrete actions, several episodes per trial."""
+    agent = RL2(
+        RL2Config(
+            env_id=env_id, episodes_per_trial=episodes, num_envs=4, hidden_size=8, ppo=PPOSettings(num_minibatches=2, epochs=1)
+        )
+    )
+    stats = agent.meta_train_step()
+    assert stats["trial_return"] != 0.0
+    tasks = agent.family.task_space.sample(2, generator=torch.Generator().manual_seed(0), split="test")
+    curve = agent.adaptation_curve(tasks, episodes - 1, torch.Generator().manual_seed(0))
+    assert curve.shape == (episodes, 2) and bool(torch.isfinite(curve).all())
