@@ -48,7 +48,8 @@ class TrainConfig:
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     """Held-out evaluation protocol."""
     baselines: bool = True
-    """Also evaluate a randomly initialised and a pretrained (no inner loop) policy, adapted with the same budget."""
+    """Also evaluate baselines: MAML, a random init and a pretrained (no inner loop) policy adapted with the same
+    budget; RL², the untrained network and the family's reference policies (bandits, tabular MDPs)."""
     pretrain_iterations: int | None = None
     """Training iterations of the pretrained baseline (default: ``iterations``)."""
     run_dir: Path | None = None

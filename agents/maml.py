@@ -179,14 +179,13 @@ class MAML:
         return params
 
     def _make_env(self, num_tasks: int) -> TensorEnv:
-        env = TensorEnv(
+        return TensorEnv(
             self.family,
             num_envs=num_tasks * self.config.episodes_per_task,
             device=self.device,
             seed=self.config.seed + 2,
             validate_actions=False,
         )
-        return env
 
     # --- sampling and advantages -----------------------------------------------------
     def _rollout(self, env: TensorEnv, params: Params, num_tasks: int) -> _Batch:
@@ -338,7 +337,9 @@ class MAML:
     def adaptation_curve(self, tasks: Tasks, num_steps: int, generator: torch.Generator) -> torch.Tensor:
         """Mean episode return per task after 0..``num_steps`` inner steps, ``(num_steps + 1, M)``."""
         num_tasks = len(tasks)
-        env = self._eval_envs.get(num_tasks) or self._eval_envs.setdefault(num_tasks, self._make_env(num_tasks))
+        if num_tasks not in self._eval_envs:
+            self._eval_envs[num_tasks] = self._make_env(num_tasks)
+        env = self._eval_envs[num_tasks]
         env.set_tasks(tasks.repeat_interleave(self.config.episodes_per_task))
         env.generator.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
         saved = self.action_generator.get_state()
