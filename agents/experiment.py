@@ -17,6 +17,7 @@ import torch
 import tyro
 
 from agents.maml import MAML, MAMLConfig
+from agents.reptile import Reptile, ReptileConfig
 from agents.rl2 import RL2, RL2Config
 from envs.reference_policies import reference_learners
 from metarl.agent import MetaLearner
@@ -26,11 +27,15 @@ from metarl.logging import CometMode, RunLogger
 from metarl.tasks import Tasks
 from metarl.training import from_dict, meta_train, resume_agent
 
-AGENTS = {"maml": (MAMLConfig, MAML), "rl2": (RL2Config, RL2)}
+AGENTS = {"maml": (MAMLConfig, MAML), "rl2": (RL2Config, RL2), "reptile": (ReptileConfig, Reptile)}
 """Agent name -> (config class, agent class)."""
 
-AgentConfig = Annotated[MAMLConfig, tyro.conf.subcommand("maml")] | Annotated[RL2Config, tyro.conf.subcommand("rl2")]
-Agent = MAML | RL2
+AgentConfig = (
+    Annotated[MAMLConfig, tyro.conf.subcommand("maml")]
+    | Annotated[RL2Config, tyro.conf.subcommand("rl2")]
+    | Annotated[ReptileConfig, tyro.conf.subcommand("reptile")]
+)
+Agent = MAML | RL2 | Reptile
 
 
 @dataclasses.dataclass
@@ -38,7 +43,7 @@ class TrainConfig:
     """Meta-train an agent on a task family, then evaluate adaptation on held-out tasks."""
 
     agent: AgentConfig = dataclasses.field(default_factory=MAMLConfig)
-    """The agent and its hyperparameters: ``maml`` (default) or ``rl2``, as a subcommand."""
+    """The agent and its hyperparameters: ``maml`` (default), ``rl2`` or ``reptile``, as a subcommand."""
     device: str = "cpu"
     """Torch device for the agent's envs, policy and updates."""
     seed: int = 0
@@ -49,7 +54,8 @@ class TrainConfig:
     """Held-out evaluation protocol."""
     baselines: bool = True
     """Also evaluate baselines: MAML, a random init and a pretrained (no inner loop) policy adapted with the same
-    budget; RL², the untrained network and the family's reference policies (bandits, tabular MDPs)."""
+    budget; RL², the untrained network and the family's reference policies (bandits, tabular MDPs); Reptile,
+    PPO from a random init with the same budget."""
     pretrain_iterations: int | None = None
     """Training iterations of the pretrained baseline (default: ``iterations``)."""
     run_dir: Path | None = None
@@ -84,7 +90,7 @@ class TrainConfig:
         return next(name for name, (config_cls, _) in AGENTS.items() if isinstance(self.agent, config_cls))
 
 
-def make_agent(config: MAMLConfig | RL2Config) -> Agent:
+def make_agent(config: MAMLConfig | RL2Config | ReptileConfig) -> Agent:
     """The agent for an agent config."""
     for config_cls, agent_cls in AGENTS.values():
         if isinstance(config, config_cls):
@@ -150,7 +156,8 @@ def evaluate_agent(agent: Agent, config: TrainConfig, logger: RunLogger, tasks: 
 
     MAML: return after 0..k gradient steps, beside the same network from a
     random init and a policy pretrained without an inner loop, both adapted
-    with the same budget. RL²: return of each episode of a trial (trials as
+    with the same budget. Reptile: return after 0..k PPO updates, beside PPO
+    from a random init with the same budget. RL²: return of each episode of a trial (trials as
     trained), beside the untrained network and, for bandits and tabular MDPs,
     the reference policies. The oracle is drawn where the family defines one.
     ``tasks``: the held-out tasks (default: sampled by the evaluation protocol).
@@ -159,11 +166,15 @@ def evaluate_agent(agent: Agent, config: TrainConfig, logger: RunLogger, tasks: 
     if isinstance(agent, RL2):
         eval_config = dataclasses.replace(eval_config, num_steps=agent.config.episodes_per_trial - 1)
         x_label = "episode in trial"
+    elif isinstance(agent, Reptile):
+        x_label = "PPO updates"
     tasks = tasks if tasks is not None else held_out_tasks(agent.family, eval_config)
     learners: dict[str, MetaLearner] = {config.agent_name.upper(): agent}
     if config.baselines:
         untrained = make_agent(dataclasses.replace(config.agent, seed=config.agent.seed + 10_000))
-        if isinstance(agent, MAML):
+        if isinstance(agent, Reptile):
+            learners["PPO from random init"] = untrained
+        elif isinstance(agent, MAML):
             learners["random init + adaptation"] = untrained
             pretrained = make_agent(dataclasses.replace(config.agent, inner_steps=0))
             iterations = config.iterations if config.pretrain_iterations is None else config.pretrain_iterations

@@ -32,7 +32,16 @@ from agents.trpo import trpo_step
 from metarl.env import TensorEnv
 from metarl.policies import MLPPolicy, init_parameters
 from metarl.returns import discounted_returns, gae, next_values
-from metarl.rollout import Params, collect, policy_forward, start, task_batch_size, to_task_major
+from metarl.rollout import (
+    Params,
+    collect,
+    first_episode_mask,
+    first_episode_returns,
+    policy_forward,
+    start,
+    task_batch_size,
+    to_task_major,
+)
 from metarl.tasks import Tasks
 from metarl.validation import check_positive_int
 
@@ -197,7 +206,7 @@ class MAML:
         """
         carry = start(env, self.policy)
         traj, _ = collect(env, self.policy, params, self.horizon, carry, generator=self.action_generator)
-        first_episode = torch.cumprod(torch.cat([torch.ones_like(traj.done[:1]), ~traj.done[:-1]]), dim=0)
+        first_episode = first_episode_mask(traj.done)
         # The horizon is the objective (as in the paper): episode ends and the rollout end are not bootstrapped.
         returns = discounted_returns(traj.rewards, traj.terminated, traj.truncated, self.config.gamma)
         values = self.baseline.fit_predict(traj.obs, traj.done, returns, num_tasks, mask=first_episode)
@@ -208,7 +217,6 @@ class MAML:
         mean = masked_mean(adv, mask).unsqueeze(1)
         std = masked_mean((adv - mean).square(), mask).sqrt().unsqueeze(1)
         adv = (adv - mean) / (std + 1e-8) * mask
-        per_env = (traj.rewards * first_episode).sum(0)
         return _Batch(
             obs=to_task_major(traj.obs, num_tasks),
             actions=to_task_major(traj.actions, num_tasks),
@@ -216,7 +224,7 @@ class MAML:
             dist_params=to_task_major(traj.dist_params, num_tasks),
             advantages=adv,
             mask=mask,
-            returns=per_env.reshape(num_tasks, -1).mean(1),
+            returns=first_episode_returns(traj, num_tasks),
         )
 
     # --- the inner loop -----------------------------------------------------------------

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from agents.losses import ppo_clip_loss
-from metarl.rollout import Trajectories
+from metarl.rollout import Params, Trajectories, policy_forward, task_batch_size
 from metarl.validation import check_positive_int
 
 
@@ -55,16 +55,22 @@ class PPOSettings:
 
 
 def replay_sequence(
-    policy: nn.Module, obs: torch.Tensor, hidden: torch.Tensor, reset_memory: torch.Tensor
+    policy: nn.Module,
+    obs: torch.Tensor,
+    hidden: torch.Tensor,
+    reset_memory: torch.Tensor,
+    params: Params | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run a recurrent policy over ``(L, B, ...)`` observations from start states ``hidden`` (B, H).
 
     The memory is zeroed after every step where ``reset_memory`` is set, as in
-    the rollout. Returns distribution parameters ``(L, B, P)`` and values ``(L, B)``.
+    the rollout. ``params``: as in :func:`metarl.rollout.policy_forward`
+    (default: the policy's own). Returns distribution parameters ``(L, B, P)`` and values ``(L, B)``.
     """
+    params = dict(policy.named_parameters()) if params is None else params
     dist, values = [], []
     for t in range(obs.shape[0]):
-        out = policy(obs[t], hidden)
+        out = policy_forward(policy, params, obs[t], hidden)
         dist.append(out.dist_params)
         values.append(out.value)
         hidden = torch.where(reset_memory[t].unsqueeze(-1), torch.zeros_like(out.hidden), out.hidden)
@@ -78,6 +84,28 @@ def _chunks(x: torch.Tensor, length: int) -> torch.Tensor:
     return x.reshape(length, (steps // length) * envs, *x.shape[3:])
 
 
+def _task_columns(x: torch.Tensor, length: int, num_tasks: int) -> torch.Tensor:
+    """``(T, M*E, ...)`` -> ``(length, M, C, ...)``: each task's chunks (C = E * T // length) in its own row."""
+    steps, envs = x.shape[:2]
+    x = x.reshape(steps // length, length, num_tasks, envs // num_tasks, *x.shape[2:])
+    x = x.permute(1, 2, 0, 3, *range(4, x.dim()))  # (length, M, chunks, E, ...)
+    return x.reshape(length, num_tasks, -1, *x.shape[4:])
+
+
+def clip_grad_norm_per_task(params: Params, max_norm: float) -> torch.Tensor:
+    """Clip each task's gradient (row ``i`` of every ``(M, ...)`` param) to global norm ``max_norm``.
+
+    The per-task version of ``nn.utils.clip_grad_norm_`` (same scaling rule),
+    so M stacked tasks are clipped exactly as M separate models would be. Returns the norms ``(M,)``.
+    """
+    grads = [p.grad for p in params.values() if p.grad is not None]
+    norms = torch.stack([g.flatten(1).square().sum(1) for g in grads]).sum(0).sqrt()
+    scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(scale.reshape(-1, *([1] * (g.dim() - 1))))
+    return norms
+
+
 def ppo_update(
     policy: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -86,9 +114,22 @@ def ppo_update(
     returns: torch.Tensor,
     settings: PPOSettings,
     generator: torch.Generator,
+    params: Params | None = None,
 ) -> dict[str, float]:
-    """Several epochs of clipped-PPO minibatch updates on one rollout; returns mean losses."""
+    """Several epochs of clipped-PPO minibatch updates on one rollout; returns mean losses.
+
+    ``params`` default to the policy's own parameters (``optimizer`` steps
+    them). Stacked per-task parameters ``(M, ...)`` (leaf tensors that
+    ``optimizer`` steps) run M independent PPO learners as one computation:
+    env ``i`` belongs to task ``i // (N // M)``, every minibatch takes the
+    same sequence indices within each task, and advantages, losses and
+    gradient clipping are per task. Since Adam is elementwise, each task's
+    parameters follow exactly the path of a PPO run of its own.
+    """
     dist = policy.action_dist
+    batched = params is not None and task_batch_size(policy, params) is not None
+    params = dict(policy.named_parameters()) if params is None else params
+    num_tasks = task_batch_size(policy, params) if batched else 1
     recurrent = traj.hidden is not None
     steps = traj.num_steps
     length = (settings.bptt_length or steps) if recurrent else 1
@@ -104,40 +145,49 @@ def ppo_update(
     }
     if recurrent:
         fields["hidden"] = traj.hidden
-    columns = {k: _chunks(v, length) for k, v in fields.items()}
+    columns = {k: _task_columns(v, length, num_tasks) for k, v in fields.items()}
     if recurrent:
         columns["hidden"] = columns["hidden"][0]  # each chunk starts from its stored memory
-    num_columns = columns["obs"].shape[1]
+    num_columns = columns["obs"].shape[2]
     if num_columns < settings.num_minibatches:
-        raise ValueError(f"{num_columns} sequences cannot fill {settings.num_minibatches} minibatches")
-    totals = {"policy_loss": 0.0, "value_loss": 0.0, "entropy": 0.0, "approx_kl": 0.0, "clip_fraction": 0.0}
+        raise ValueError(f"{num_columns} sequences per task cannot fill {settings.num_minibatches} minibatches")
+    totals = torch.zeros(5, device=traj.obs.device)  # policy loss, value loss, entropy, approx KL, clip fraction
     updates = 0
     for _ in range(settings.epochs):
-        order = torch.randperm(num_columns, generator=generator, device="cpu").to(columns["obs"].device)
+        order = torch.randperm(num_columns, generator=generator, device="cpu").to(traj.obs.device)
         for batch in order.chunk(settings.num_minibatches):
-            mb = {k: v[:, batch] if k != "hidden" else v[batch] for k, v in columns.items()}
+            # (length, M * B, ...): task-major, the layout policy_forward splits by task.
+            mb = {k: v[:, :, batch].flatten(1, 2) if k != "hidden" else v[:, batch].flatten(0, 1) for k, v in columns.items()}
             if recurrent:
-                dist_params, values = replay_sequence(policy, mb["obs"], mb["hidden"], mb["reset"])
+                dist_params, values = replay_sequence(policy, mb["obs"], mb["hidden"], mb["reset"], params)
             else:
-                out = policy(mb["obs"])
-                dist_params, values = out.dist_params, out.value
-            log_probs = dist.log_prob(dist_params, mb["actions"])
-            adv = mb["advantages"]
-            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-            policy_loss = ppo_clip_loss(log_probs.flatten(), mb["log_probs"].flatten(), adv.flatten(), settings.clip)
-            value_loss = 0.5 * (values - mb["returns"]).square().mean()
-            entropy = dist.entropy(dist_params).mean()
-            loss = policy_loss + settings.vf_coef * value_loss - settings.ent_coef * entropy
+                out = policy_forward(policy, params, mb["obs"][0])
+                dist_params, values = out.dist_params.unsqueeze(0), out.value.unsqueeze(0)
+
+            def per_task(x: torch.Tensor) -> torch.Tensor:  # (length, M * B) -> (M, length * B)
+                return x.reshape(length, num_tasks, -1).transpose(0, 1).flatten(1)
+
+            log_probs = per_task(dist.log_prob(dist_params, mb["actions"]))
+            old_log_probs = per_task(mb["log_probs"])
+            adv = per_task(mb["advantages"])
+            adv = (adv - adv.mean(1, keepdim=True)) / (adv.std(1, keepdim=True) + 1e-8)
+            policy_loss = ppo_clip_loss(log_probs, old_log_probs, adv, settings.clip)
+            value_loss = 0.5 * (per_task(values) - per_task(mb["returns"])).square().mean(1)
+            entropy = per_task(dist.entropy(dist_params)).mean(1)
+            # Summed over tasks: each task's parameters get the gradient of its own mean loss.
+            loss = (policy_loss + settings.vf_coef * value_loss - settings.ent_coef * entropy).sum()
             optimizer.zero_grad()
             loss.backward()
-            nn.utils.clip_grad_norm_(policy.parameters(), settings.max_grad_norm)
+            if batched:
+                clip_grad_norm_per_task(params, settings.max_grad_norm)
+            else:
+                nn.utils.clip_grad_norm_(list(params.values()), settings.max_grad_norm)
             optimizer.step()
             with torch.no_grad():
-                log_ratio = log_probs - mb["log_probs"]
-                totals["approx_kl"] += float(((log_ratio.exp() - 1) - log_ratio).mean())
-                totals["clip_fraction"] += float(((log_ratio.exp() - 1).abs() > settings.clip).float().mean())
-            totals["policy_loss"] += float(policy_loss.detach())
-            totals["value_loss"] += float(value_loss.detach())
-            totals["entropy"] += float(entropy.detach())
+                log_ratio = log_probs - old_log_probs
+                approx_kl = ((log_ratio.exp() - 1) - log_ratio).mean()
+                clip_fraction = ((log_ratio.exp() - 1).abs() > settings.clip).float().mean()
+                totals += torch.stack([policy_loss.mean(), value_loss.mean(), entropy.mean(), approx_kl, clip_fraction])
             updates += 1
-    return {k: v / updates for k, v in totals.items()}
+    names = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction")
+    return dict(zip(names, (totals / updates).tolist(), strict=True))

@@ -256,6 +256,22 @@ def collect(
     return traj, RolloutCarry(obs, hidden)
 
 
+def first_episode_mask(done: torch.Tensor) -> torch.Tensor:
+    """``(T, N)`` bool: the steps of each env's first episode in a rollout that started from a reset.
+
+    Per-task returns measured on first episodes only are unbiased by the
+    policy's speed: an env whose episode ended early has autoreset and begun a
+    second episode that the rollout's end would cut off.
+    """
+    return torch.cumprod(torch.cat([torch.ones_like(done[:1]), ~done[:-1]]), dim=0).bool()
+
+
+def first_episode_returns(traj: Trajectories, num_tasks: int) -> torch.Tensor:
+    """Mean undiscounted return of each env's first episode, per task ``(M,)`` (envs grouped by task)."""
+    per_env = (traj.rewards * first_episode_mask(traj.done)).sum(0)
+    return per_env.reshape(num_tasks, -1).mean(1)
+
+
 def to_task_major(x: torch.Tensor, num_tasks: int) -> torch.Tensor:
     """``(T, M*E, ...)`` rollout data as ``(M, T*E, ...)``: each task's samples contiguous."""
     num_steps, num_envs = x.shape[:2]

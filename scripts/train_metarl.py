@@ -4,12 +4,13 @@
     python scripts/train_metarl.py --device cuda --iterations 500
     python scripts/train_metarl.py maml --inner-lr 0.05 --first-order   # agent settings after its name
     python scripts/train_metarl.py --iterations 300 rl2 --env-kwargs num_arms 5 num_pulls 100
+    python scripts/train_metarl.py --iterations 100 reptile --env-id metarl/Pendulum-v0 --inner-learner sb3
     python scripts/train_metarl.py --config runs/<run>/config.json --seed 1
     python scripts/train_metarl.py --resume runs/<run>  # continue a killed run
     python scripts/train_metarl.py maml --help          # every field, explained
 
 Flags of the run (iterations, evaluation, device, seed, ...) come first, then
-the agent's name (``maml``, the default, or ``rl2``) and its own flags.
+the agent's name (``maml``, the default, ``rl2`` or ``reptile``) and its own flags.
 ``--config FILE`` (JSON, e.g. a run's saved config.json) sets the defaults;
 flags given with it override the file.
 """

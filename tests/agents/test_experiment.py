@@ -164,7 +164,7 @@ def test_evaluate_script_on_a_saved_run(tmp_path: Path) -> None:
 def test_unknown_agent_is_refused_naming_the_known_ones() -> None:
     from agents.experiment import make_agent
 
-    with pytest.raises(TypeError, match=r"no agent takes a EvalConfig; known agents: \['maml', 'rl2'\]"):
+    with pytest.raises(TypeError, match=r"no agent takes a EvalConfig; known agents: \['maml', 'reptile', 'rl2'\]"):
         make_agent(EvalConfig())  # type: ignore[arg-type]
 
 
