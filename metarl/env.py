@@ -87,6 +87,13 @@ class TaskFamily(ABC, Generic[TasksT, StateT]):
     def step(self, state: StateT, action: torch.Tensor, tasks: TasksT, generator: torch.Generator) -> Transition[StateT]:
         """Advance every env one step."""
 
+    def step_info(self, state: StateT, tasks: TasksT) -> dict[str, torch.Tensor]:
+        """What a step from ``state`` reveals beyond the reward, batched (Gymnasium views put it in ``info``).
+
+        E.g. the true label of the image shown (Omniglot: full-information feedback). Default: nothing.
+        """
+        return {}
+
     def oracle_action(self, obs: torch.Tensor, tasks: TasksT) -> torch.Tensor | None:
         """The action of a policy that knows the task, if the family defines one (used as the evaluator's oracle baseline).
 
@@ -246,6 +253,12 @@ class TensorEnv(Generic[TasksT, StateT]):
             self._state, action, self._tasks, self._episode_return, self._episode_length, fresh, self.generator
         )
         return out
+
+    def step_info(self) -> dict[str, torch.Tensor]:
+        """What the next :meth:`step` will reveal beyond the reward (the family's ``step_info``), ``(num_envs, ...)`` each."""
+        if self._state is None:
+            raise RuntimeError("call reset() before step_info() (and after set_tasks())")
+        return self.family.step_info(self._state, self._tasks)
 
     def _advance_pure(
         self,

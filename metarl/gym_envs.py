@@ -65,9 +65,11 @@ class TaskEnv(gymnasium.Env[np.ndarray, Any]):
         return obs[0].numpy(), {}
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        out = self._env.step(torch.as_tensor(np.asarray(action)).reshape(1, *self._env.action_shape))
+        action = torch.as_tensor(np.asarray(action)).reshape(1, *self._env.action_shape)
+        info = {k: v[0].tolist() for k, v in self._env.step_info().items()}
+        out = self._env.step(action)
         # The TensorEnv has already autoreset; a single env reports the episode's last observation.
-        return out.final_obs[0].numpy(), float(out.reward[0]), bool(out.terminated[0]), bool(out.truncated[0]), {}
+        return out.final_obs[0].numpy(), float(out.reward[0]), bool(out.terminated[0]), bool(out.truncated[0]), info
 
     def __repr__(self) -> str:
         return f"TaskEnv<{self.family_id or self.family!r}>"
@@ -80,7 +82,8 @@ class TaskVectorEnv(TensorEnvView, gymnasium.vector.VectorEnv):
     observation already starts the next episode of the same task, and
     ``info["final_obs"]`` (valid where ``info["_final_obs"]``) holds the last
     one. ``info["episode_return"]``/``info["episode_length"]`` give the
-    finished episode's totals on the same mask.
+    finished episode's totals on the same mask. What the family reveals
+    about the step (its ``step_info``, e.g. Omniglot's ``label``) is in ``info`` too.
     """
 
     def __init__(self, env: TensorEnv, family_id: str | None = None) -> None:
@@ -101,9 +104,11 @@ class TaskVectorEnv(TensorEnvView, gymnasium.vector.VectorEnv):
         return self.env.reset(seed=seed), {}
 
     def step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
+        revealed = self.env.step_info()
         out = self.env.step(actions)
         done = out.done
         info = {
+            **revealed,
             "final_obs": out.final_obs,
             "_final_obs": done,
             "episode_return": out.episode_return,

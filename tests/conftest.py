@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -10,6 +11,12 @@ from types import ModuleType
 import pytest
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+OMNIGLOT_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "omniglot"
+
+# The minimal Omniglot files sit beside the repository (../shared/data/omniglot) on the project's
+# machines: families built with default arguments (the contract test) find them there.
+if OMNIGLOT_DIR.is_dir():
+    os.environ.setdefault("METARL_OMNIGLOT_DIR", str(OMNIGLOT_DIR))
 
 
 @pytest.fixture
