@@ -16,9 +16,12 @@ from typing import Annotated
 import torch
 import tyro
 
+from agents.fewshot import FewShotMAML, FewShotMAMLConfig, ProtoNet, ProtoNetConfig
 from agents.maml import MAML, MAMLConfig
 from agents.reptile import Reptile, ReptileConfig
 from agents.rl2 import RL2, RL2Config
+from envs.omniglot import OmniglotBandit
+from envs.omniglot_data import OneShotScore, load_one_shot_runs, score_one_shot_runs
 from envs.reference_policies import reference_learners
 from metarl.agent import MetaLearner
 from metarl.checkpoint import latest_checkpoint, load_checkpoint
@@ -27,15 +30,27 @@ from metarl.logging import CometMode, RunLogger
 from metarl.tasks import Tasks
 from metarl.training import from_dict, meta_train, resume_agent
 
-AGENTS = {"maml": (MAMLConfig, MAML), "rl2": (RL2Config, RL2), "reptile": (ReptileConfig, Reptile)}
+AGENTS = {
+    "maml": (MAMLConfig, MAML),
+    "rl2": (RL2Config, RL2),
+    "reptile": (ReptileConfig, Reptile),
+    "protonet": (ProtoNetConfig, ProtoNet),
+    "fewshot-maml": (FewShotMAMLConfig, FewShotMAML),
+}
 """Agent name -> (config class, agent class)."""
 
 AgentConfig = (
     Annotated[MAMLConfig, tyro.conf.subcommand("maml")]
     | Annotated[RL2Config, tyro.conf.subcommand("rl2")]
     | Annotated[ReptileConfig, tyro.conf.subcommand("reptile")]
+    | Annotated[ProtoNetConfig, tyro.conf.subcommand("protonet")]
+    | Annotated[FewShotMAMLConfig, tyro.conf.subcommand("fewshot-maml")]
 )
-Agent = MAML | RL2 | Reptile
+Agent = MAML | RL2 | Reptile | ProtoNet | FewShotMAML
+FewShotLearner = ProtoNet | FewShotMAML
+
+FEW_SHOT_EVAL_TASKS = 600
+"""Few-shot accuracy is reported over at least this many held-out tasks (the MAML and ProtoNet papers' protocol)."""
 
 
 @dataclasses.dataclass
@@ -43,7 +58,8 @@ class TrainConfig:
     """Meta-train an agent on a task family, then evaluate adaptation on held-out tasks."""
 
     agent: AgentConfig = dataclasses.field(default_factory=MAMLConfig)
-    """The agent and its hyperparameters: ``maml`` (default), ``rl2`` or ``reptile``, as a subcommand."""
+    """The agent and its hyperparameters, as a subcommand: ``maml`` (default), ``rl2``, ``reptile``, or the few-shot
+    classifiers ``protonet`` and ``fewshot-maml`` (Omniglot)."""
     device: str = "cpu"
     """Torch device for the agent's envs, policy and updates."""
     seed: int = 0
@@ -55,7 +71,7 @@ class TrainConfig:
     baselines: bool = True
     """Also evaluate baselines: MAML, a random init and a pretrained (no inner loop) policy adapted with the same
     budget; RL², the untrained network and the family's reference policies (bandits, tabular MDPs); Reptile,
-    PPO from a random init with the same budget."""
+    PPO from a random init with the same budget; few-shot learners, the untrained network."""
     pretrain_iterations: int | None = None
     """Training iterations of the pretrained baseline (default: ``iterations``)."""
     run_dir: Path | None = None
@@ -90,7 +106,7 @@ class TrainConfig:
         return next(name for name, (config_cls, _) in AGENTS.items() if isinstance(self.agent, config_cls))
 
 
-def make_agent(config: MAMLConfig | RL2Config | ReptileConfig) -> Agent:
+def make_agent(config: AgentConfig) -> Agent:
     """The agent for an agent config."""
     for config_cls, agent_cls in AGENTS.values():
         if isinstance(config, config_cls):
@@ -117,6 +133,8 @@ class RunOutcome:
     result: EvalResult | None
     checkpoint: Path | None
     comet_archive: Path | None
+    one_shot: OneShotScore | None = None
+    """Omniglot learners: error on Lake et al.'s 20 one-shot runs (where the data and a 20-way learner allow)."""
 
 
 def train(config: TrainConfig) -> RunOutcome:
@@ -145,10 +163,14 @@ def train(config: TrainConfig) -> RunOutcome:
             progress=config.progress,
         )
         result = evaluate_agent(agent, config, logger) if config.eval.num_tasks > 0 else None
+        one_shot = one_shot_runs_error(agent) if isinstance(agent, FewShotLearner) else None
+        if one_shot is not None:
+            logger.log_json("evaluation/one_shot_runs.json", dataclasses.asdict(one_shot))
+            logger.log_metrics({"one_shot_runs/error_percent": one_shot.mean_error_percent}, step=config.iterations)
         checkpoint = latest_checkpoint(run_dir)
         if checkpoint is not None:
             logger.log_asset(checkpoint, "checkpoint.pt")
-    return RunOutcome(run_dir, result, checkpoint, logger.offline_archive)
+    return RunOutcome(run_dir, result, checkpoint, logger.offline_archive, one_shot)
 
 
 def evaluate_agent(agent: Agent, config: TrainConfig, logger: RunLogger, tasks: Tasks | None = None) -> EvalResult:
@@ -162,18 +184,24 @@ def evaluate_agent(agent: Agent, config: TrainConfig, logger: RunLogger, tasks: 
     the reference policies. The oracle is drawn where the family defines one.
     ``tasks``: the held-out tasks (default: sampled by the evaluation protocol).
     """
-    eval_config, x_label = config.eval, "gradient steps"
+    eval_config, x_label, y_label = config.eval, "gradient steps", "mean episode return"
     if isinstance(agent, RL2):
         eval_config = dataclasses.replace(eval_config, num_steps=agent.config.episodes_per_trial - 1)
         x_label = "episode in trial"
     elif isinstance(agent, Reptile):
         x_label = "PPO updates"
+    elif isinstance(agent, FewShotLearner):
+        eval_config = dataclasses.replace(eval_config, num_tasks=max(eval_config.num_tasks, FEW_SHOT_EVAL_TASKS))
+        x_label = "gradient steps on the support set" if isinstance(agent, FewShotMAML) else "support set seen"
+        y_label = "query accuracy"
     tasks = tasks if tasks is not None else held_out_tasks(agent.family, eval_config)
     learners: dict[str, MetaLearner] = {config.agent_name.upper(): agent}
     if config.baselines:
         untrained = make_agent(dataclasses.replace(config.agent, seed=config.agent.seed + 10_000))
         if isinstance(agent, Reptile):
             learners["PPO from random init"] = untrained
+        elif isinstance(agent, FewShotLearner):
+            learners["untrained network"] = untrained
         elif isinstance(agent, MAML):
             learners["random init + adaptation"] = untrained
             pretrained = make_agent(dataclasses.replace(config.agent, inner_steps=0))
@@ -202,8 +230,30 @@ def evaluate_agent(agent: Agent, config: TrainConfig, logger: RunLogger, tasks: 
         logger=logger,
         title=title,
         x_label=x_label,
+        y_label=y_label,
         step=config.iterations,
     )
+
+
+def one_shot_runs_error(agent: FewShotLearner) -> OneShotScore | None:
+    """Lake et al.'s 20-way within-alphabet one-shot error of ``agent`` on the 20 official runs.
+
+    ``None`` where it does not apply: a family other than Omniglot, a MAML head
+    with fewer than 20 ways, or no ``all_runs.zip`` in the family's data folder.
+    """
+    family = agent.family
+    if not isinstance(family, OmniglotBandit) or (isinstance(agent, FewShotMAML) and agent.num_ways < 20):
+        return None
+    try:
+        runs = load_one_shot_runs(root=family.root, image_size=family.image_shape[-1])
+    except FileNotFoundError:
+        return None
+
+    def classify(train_images: torch.Tensor, test_images: torch.Tensor) -> torch.Tensor:
+        labels = torch.arange(len(train_images))  # one training image per class
+        return agent.classify(train_images.unsqueeze(1), labels, test_images.unsqueeze(1)).cpu()
+
+    return score_one_shot_runs(classify, runs)
 
 
 def evaluate_run(

@@ -219,9 +219,10 @@ class SB3PPO:
     envs) is any SB3 ``VecEnv`` whose envs have ``set_task(task)``, e.g. a
     ``DummyVecEnv`` of ``gymnasium.make(id)``; every env runs the same task.
     Budget and settings mirror the native learner: ``n_steps`` =
-    ``rollout_steps``, the same epochs, minibatches, clip, step size and entropy weight; SB3's value loss is a plain MSE where ours is half of
-    one, so its ``vf_coef`` is halved to match. Each task starts from θ with
-    a fresh Adam; every update starts from reset envs, as the native learner's do.
+    ``rollout_steps``, the same epochs, minibatches, clip, step size and
+    entropy weight; SB3's value loss is a plain MSE where ours is half of
+    one, so its ``vf_coef`` is halved to match. Each task starts from θ with a
+    fresh Adam; every update starts from reset envs, as the native learner's do.
     """
 
     def __init__(self, agent: Reptile, vec_env: VecEnv | None = None) -> None:

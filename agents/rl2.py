@@ -40,7 +40,7 @@ class RL2Config:
 
     env_id: str = "metarl/BernoulliBandit-v0"
     """Registered task family to meta-train on."""
-    env_kwargs: dict[str, int] = dataclasses.field(default_factory=dict)
+    env_kwargs: dict[str, int | float | str] = dataclasses.field(default_factory=dict)
     """Family keyword arguments, e.g. ``--env-kwargs num_arms 10 num_pulls 100`` (bandit defaults: 5 arms, 10 pulls)."""
     episodes_per_trial: int = 1
     """Episodes of one task per trial (K)."""

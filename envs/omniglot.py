@@ -313,6 +313,7 @@ class OmniglotBandit(TaskFamily[OmniglotTasks, OmniglotState]):
                 f"shots + queries = {shots} + {queries} = {shots + queries} exceeds the {table.drawers} drawers per class"
             )
         self.split = split if classes is None else "custom"
+        self.root = root  # where the files were looked for (None: $METARL_OMNIGLOT_DIR or the default cache)
         self.num_ways, self.shots, self.queries = num_ways, shots, queries
         self.image_shape: tuple[int, int, int] = (1, *table.image_size)
         self.task_space = OmniglotTaskSpace(table.num_train_classes, table.num_test_classes, num_ways)

@@ -5,12 +5,13 @@
     python scripts/train_metarl.py maml --inner-lr 0.05 --first-order   # agent settings after its name
     python scripts/train_metarl.py --iterations 300 rl2 --env-kwargs num_arms 5 num_pulls 100
     python scripts/train_metarl.py --iterations 100 reptile --env-id metarl/Pendulum-v0 --inner-learner sb3
+    python scripts/train_metarl.py --iterations 2000 protonet --env-kwargs split minimal num_ways 20
     python scripts/train_metarl.py --config runs/<run>/config.json --seed 1
     python scripts/train_metarl.py --resume runs/<run>  # continue a killed run
     python scripts/train_metarl.py maml --help          # every field, explained
 
 Flags of the run (iterations, evaluation, device, seed, ...) come first, then
-the agent's name (``maml``, the default, ``rl2`` or ``reptile``) and its own flags.
+the agent's name (``maml``, the default, ``rl2``, ``reptile``, ``protonet``, ``fewshot-maml``) and its own flags.
 ``--config FILE`` (JSON, e.g. a run's saved config.json) sets the defaults;
 flags given with it override the file.
 """
@@ -49,6 +50,8 @@ def report(outcome: RunOutcome) -> str:
     lines = []
     if outcome.result is not None:
         lines += ["", outcome.result.table(), ""]
+    if outcome.one_shot is not None:
+        lines += [f"20-way one-shot runs (Lake et al. 2015): {outcome.one_shot.mean_error_percent:.1f}% error", ""]
     run = outcome.run_dir
     lines.append(f"Run directory: {run}")
     if outcome.result is not None:

@@ -164,7 +164,7 @@ def test_evaluate_script_on_a_saved_run(tmp_path: Path) -> None:
 def test_unknown_agent_is_refused_naming_the_known_ones() -> None:
     from agents.experiment import make_agent
 
-    with pytest.raises(TypeError, match=r"no agent takes a EvalConfig; known agents: \['maml', 'reptile', 'rl2'\]"):
+    with pytest.raises(TypeError, match=r"no agent takes a EvalConfig; known agents: \['fewshot-maml', 'maml', 'protonet', 'reptile', 'rl2'\]"):
         make_agent(EvalConfig())  # type: ignore[arg-type]
 
 
@@ -189,3 +189,23 @@ def test_rl2_run_is_evaluated_per_episode_beside_the_reference_policies(tmp_path
     assert {"RL2", "random init (untrained RL²)", "Gittins", "Thompson", "UCB1"} <= names
     assert outcome.result.curves["RL2"].steps == [0]  # one episode per trial: the trial's total reward
     assert load_checkpoint(outcome.checkpoint)["agent"]["config"]["hidden_size"] == 8
+
+
+OMNIGLOT = ROOT.parent / "shared" / "data" / "omniglot"
+
+
+@pytest.mark.skipif(not (OMNIGLOT / "all_runs.zip").is_file(), reason="the minimal Omniglot files are not beside the repository")
+def test_protonet_run_on_omniglot_scores_accuracy_and_the_one_shot_runs(tmp_path: Path, load_script) -> None:
+    """Through train_metarl.py's CLI: 20-way ProtoNet on the minimal split, ≥ 600 held-out tasks, the 20 official runs."""
+    flags = ["--iterations", "2", "--run-dir", str(tmp_path / "run"), "--no-progress", *RUN_FLAGS[2:]]
+    agent = ["protonet", "--env-kwargs", "split", "minimal", "num_ways", "20", "root", str(OMNIGLOT), "image_size", "16"]
+    outcome = load_script("train_metarl").main([*flags, *agent, "--width", "8"])
+    result = json.loads((outcome.run_dir / "evaluation" / "adaptation.json").read_text())
+    assert result["num_tasks"] == 600 and result["y_label"] == "query accuracy"
+    accuracy = result["learners"]["PROTONET"]["mean"][0]
+    assert 0.0 <= accuracy <= 1.0 and "untrained network" in result["learners"]
+    assert outcome.one_shot is not None and len(outcome.one_shot.run_errors) == 20
+    saved = json.loads((outcome.run_dir / "evaluation" / "one_shot_runs.json").read_text())
+    assert saved["mean_error_percent"] == pytest.approx(outcome.one_shot.mean_error_percent)
+    config = load_run_config(outcome.run_dir)
+    assert config.agent.env_kwargs == {"split": "minimal", "num_ways": 20, "root": str(OMNIGLOT), "image_size": 16}
