@@ -135,7 +135,8 @@ def rl2_accuracy(agent: RL2, cfg: BenchConfig) -> dict[str, float]:
 def make_learner(name: str, cfg: BenchConfig) -> ProtoNet | FewShotMAML | RL2:
     common = dict(device=cfg.device, seed=cfg.seed)
     if name == "protonet":  # trained with more ways than tested, as Snell et al.; 40 fit the minimal split's held-out classes
-        return ProtoNet(ProtoNetConfig(env_kwargs=family_kwargs(cfg, 20), train_ways=40, **common))
+        kwargs = {**family_kwargs(cfg, 20), "queries": 5}  # Snell et al. train on 5 queries per class
+        return ProtoNet(ProtoNetConfig(env_kwargs=kwargs, train_ways=40, **common))
     if name == "maml-20way":  # the paper's 20-way setting, first order and one inner step to fit the CPU budget
         config = FewShotMAMLConfig(
             env_kwargs=family_kwargs(cfg, 20), meta_batch_size=16, inner_lr=0.1, first_order=True, **common

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -164,7 +165,8 @@ def test_evaluate_script_on_a_saved_run(tmp_path: Path) -> None:
 def test_unknown_agent_is_refused_naming_the_known_ones() -> None:
     from agents.experiment import make_agent
 
-    with pytest.raises(TypeError, match=r"no agent takes a EvalConfig; known agents: \['fewshot-maml', 'maml', 'protonet', 'reptile', 'rl2'\]"):
+    known = r"\['fewshot-maml', 'maml', 'protonet', 'reptile', 'rl2'\]"
+    with pytest.raises(TypeError, match=rf"no agent takes a EvalConfig; known agents: {known}"):
         make_agent(EvalConfig())  # type: ignore[arg-type]
 
 
@@ -209,3 +211,19 @@ def test_protonet_run_on_omniglot_scores_accuracy_and_the_one_shot_runs(tmp_path
     assert saved["mean_error_percent"] == pytest.approx(outcome.one_shot.mean_error_percent)
     config = load_run_config(outcome.run_dir)
     assert config.agent.env_kwargs == {"split": "minimal", "num_ways": 20, "root": str(OMNIGLOT), "image_size": 16}
+
+
+def test_reptile_run_is_evaluated_against_ppo_from_scratch(tmp_path: Path) -> None:
+    from agents.ppo import PPOSettings
+    from agents.reptile import ReptileConfig
+
+    ppo = PPOSettings(num_minibatches=2)
+    agent = ReptileConfig(meta_batch_size=2, envs_per_task=2, rollout_steps=20, inner_updates=1, ppo=ppo)
+    eval_config = EvalConfig(num_tasks=3, num_steps=1, seeds=(0,))
+    outcome = train(tiny_config(tmp_path / "run", agent=agent, iterations=2, eval=eval_config))
+    assert outcome.result is not None and set(outcome.result.curves) == {"REPTILE", "PPO from random init"}
+    assert outcome.result.x_label == "PPO updates" and outcome.result.curves["REPTILE"].steps == [0, 1]
+    metrics = [json.loads(line) for line in (outcome.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics if "return_before_adaptation" in m] == [1, 2]
+    resumed = train(dataclasses.replace(tiny_config(tmp_path / "other"), resume=outcome.run_dir, iterations=3))
+    assert load_checkpoint(resumed.checkpoint)["iteration"] == 2  # resume keeps the run's own config (2 iterations)

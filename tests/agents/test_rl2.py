@@ -108,3 +108,19 @@ def test_rl2_runs_beyond_bandits(env_id: str, episodes: int) -> None:
     tasks = agent.family.task_space.sample(2, generator=torch.Generator().manual_seed(0), split="test")
     curve = agent.adaptation_curve(tasks, episodes - 1, torch.Generator().manual_seed(0))
     assert curve.shape == (episodes, 2) and bool(torch.isfinite(curve).all())
+
+
+def test_rl2_runs_on_the_omniglot_bandit_as_a_memory_based_learner() -> None:
+    """MANN-style: the GRU reads each image with the previous label (in the observation) and reward (the trial wrapper)."""
+    from envs.omniglot import synthetic_glyph_classes
+
+    classes = synthetic_glyph_classes(6, 6, image_size=12)
+    kwargs = {"classes": classes, "image_size": 12, "num_ways": 3}
+    settings = {k: v for k, v in TINY.items() if k != "env_kwargs"}
+    agent = RL2(RL2Config(env_id="metarl/OmniglotBandit-v0", env_kwargs=kwargs, **settings))
+    assert agent.trial_steps == 3 * 2  # 3 ways x (1 shot + 1 query)
+    stats = agent.meta_train_step()
+    assert 0.0 <= stats["trial_return"] <= 6.0
+    tasks = agent.family.task_space.sample(4, generator=torch.Generator().manual_seed(0), split="test")
+    curve = agent.adaptation_curve(tasks, 0, torch.Generator().manual_seed(1))
+    assert curve.shape == (1, 4) and bool(((curve >= 0) & (curve <= 6)).all())
