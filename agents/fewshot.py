@@ -256,25 +256,19 @@ def prototype_logits(query: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
 
 
 @dataclasses.dataclass
-class ProtoNetConfig:
-    """Prototypical-network hyperparameters. Defaults: Snell et al.'s Omniglot setting (Adam 1e-3, one episode per update)."""
+class ConvLearnerConfig:
+    """What every few-shot learner on :class:`ConvNet` is configured with: the family, the network, the device."""
 
     env_id: str = "metarl/OmniglotBandit-v0"
-    """Registered few-shot classification family (an EpisodeSource); the tested setting."""
+    """Registered few-shot classification family (an EpisodeSource)."""
     env_kwargs: EnvKwargs = dataclasses.field(default_factory=dict)
-    """Family keyword arguments, e.g. ``--env-kwargs num_ways 5 shots 1``."""
-    train_ways: int | None = None
-    """Ways of the training episodes (Snell et al.: 60 for Omniglot); default: the family's ``num_ways``."""
-    meta_batch_size: int = 1
-    """Episodes per update (their losses are averaged)."""
-    lr: float = 1e-3
-    """Adam step size."""
+    """Family keyword arguments, e.g. ``--env-kwargs split minimal num_ways 20 shots 1``."""
     width: int = 64
     """Filters per conv block."""
     blocks: int = 4
     """Conv blocks (each halves the image)."""
     eval_batch_size: int = 32
-    """Tasks embedded together by ``query_accuracy`` / ``adaptation_curve`` (memory bound; results do not depend on it)."""
+    """Tasks evaluated together by ``query_accuracy`` / ``adaptation_curve`` (memory bound)."""
     device: Annotated[str, tyro.conf.Suppress] = "cpu"
     """Torch device for the network and updates (on the command line: train_metarl.py's --device)."""
     seed: Annotated[int, tyro.conf.Suppress] = 0
@@ -282,8 +276,24 @@ class ProtoNetConfig:
 
     def __post_init__(self) -> None:
         _check_env_kwargs(self.env_kwargs)
-        for name in ("meta_batch_size", "width", "blocks", "eval_batch_size"):
+        for name in ("width", "blocks", "eval_batch_size"):
             check_positive_int(name, getattr(self, name))
+
+
+@dataclasses.dataclass
+class ProtoNetConfig(ConvLearnerConfig):
+    """Prototypical-network hyperparameters. Defaults: Snell et al.'s Omniglot setting (Adam 1e-3, one episode per update)."""
+
+    train_ways: int | None = None
+    """Ways of the training episodes (Snell et al.: 60 for Omniglot); default: the family's ``num_ways``."""
+    meta_batch_size: int = 1
+    """Episodes per update (their losses are averaged)."""
+    lr: float = 1e-3
+    """Adam step size."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_positive_int("meta_batch_size", self.meta_batch_size)
         if self.train_ways is not None:
             check_positive_int("train_ways", self.train_ways)
         _check_positive("lr", self.lr)
@@ -425,18 +435,14 @@ def _task_slice(episodes: FewShotEpisodes, start: int, stop: int) -> FewShotEpis
 
 
 @dataclasses.dataclass
-class FewShotMAMLConfig:
+class FewShotMAMLConfig(ConvLearnerConfig):
     """MAML-for-classification hyperparameters. Defaults: the MAML paper's 5-way Omniglot setting.
 
     The head has one output per way of the family (``env_kwargs num_ways``),
     fixed at construction: a model for Lake et al.'s 20-way one-shot runs must
-    be trained with ``num_ways=20``.
+    be trained with ``num_ways=20`` (``--env-kwargs num_ways 20``).
     """
 
-    env_id: str = "metarl/OmniglotBandit-v0"
-    """Registered few-shot classification family (an EpisodeSource)."""
-    env_kwargs: EnvKwargs = dataclasses.field(default_factory=dict)
-    """Family keyword arguments, e.g. ``--env-kwargs num_ways 20 shots 1``; ``num_ways`` sets the head's outputs."""
     feedback: Literal["labels", "reward"] = "labels"
     """Inner-loop signal: the revealed support labels (supervised MAML) or bandit rewards only (REINFORCE)."""
     meta_batch_size: int = 32
@@ -449,23 +455,12 @@ class FewShotMAMLConfig:
     """Drop second-order terms (FOMAML)."""
     outer_lr: float = 1e-3
     """Adam step size of the meta-update."""
-    width: int = 64
-    """Filters per conv block."""
-    blocks: int = 4
-    """Conv blocks (each halves the image)."""
-    eval_batch_size: int = 32
-    """Tasks adapted together by ``query_accuracy`` / ``adaptation_curve`` (memory bound)."""
-    device: Annotated[str, tyro.conf.Suppress] = "cpu"
-    """Torch device for the network and updates (on the command line: train_metarl.py's --device)."""
-    seed: Annotated[int, tyro.conf.Suppress] = 0
-    """Seed of every generator the agent owns (on the command line: train_metarl.py's --seed)."""
 
     def __post_init__(self) -> None:
-        _check_env_kwargs(self.env_kwargs)
+        super().__post_init__()
         if self.feedback not in ("labels", "reward"):
             raise ValueError(f"feedback must be 'labels' or 'reward', got {self.feedback!r}")
-        for name in ("meta_batch_size", "width", "blocks", "eval_batch_size"):
-            check_positive_int(name, getattr(self, name))
+        check_positive_int("meta_batch_size", self.meta_batch_size)
         if not is_int(self.inner_steps) or self.inner_steps < 0:
             raise ValueError(f"inner_steps must be a non-negative int, got {self.inner_steps!r}")
         for name in ("inner_lr", "outer_lr"):

@@ -9,6 +9,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import torch
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 OMNIGLOT_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "omniglot"
@@ -31,3 +32,19 @@ def load_script() -> Callable[[str], ModuleType]:
         return module
 
     return load
+
+
+def directional_finite_difference(
+    objective: Callable[[dict], torch.Tensor], params: dict, direction: dict, eps: float = 1e-6
+) -> float:
+    """Central difference of ``objective`` at ``params`` along ``direction`` (dicts of tensors, float64 for accuracy)."""
+    with torch.no_grad():
+        plus = objective({k: v + eps * direction[k] for k, v in params.items()})
+        minus = objective({k: v - eps * direction[k] for k, v in params.items()})
+    return float((plus - minus) / (2 * eps))
+
+
+@pytest.fixture
+def finite_difference() -> Callable[..., float]:
+    """:func:`directional_finite_difference`, for meta-gradient checks against autograd."""
+    return directional_finite_difference
