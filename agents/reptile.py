@@ -51,8 +51,7 @@ class ReptileConfig:
     env_id: str = "metarl/CartPole-v0"
     """Registered task family to meta-train on."""
     inner_learner: Literal["native", "sb3"] = "native"
-    """Inner PPO: the batched native one, or Stable-Baselines3's PPO one task at a time (SB3 draws from torch's
-    and numpy's global generators, so an SB3 run resumes correctly but not bit-for-bit)."""
+    """Inner PPO: the batched native one, or SB3's PPO one task at a time (SB3 runs resume, but not bit-for-bit)."""
     meta_batch_size: int = 8
     """Tasks per meta-iteration (M)."""
     envs_per_task: int = 8
