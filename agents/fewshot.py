@@ -15,7 +15,9 @@ learner. Two learners read them:
   ``torch.func.grad``), and the outer loop minimises the adapted networks'
   query loss with Adam, second order by default. The inner loop learns from
   the revealed labels (``feedback="labels"``: supervised MAML) or from bandit
-  rewards only (``feedback="reward"``: the true contextual bandit).
+  rewards only (``feedback="reward"``: the true contextual bandit). With
+  ``outer="reptile"`` the same inner loop runs first order on each task's
+  whole episode and the meta-update is Reptile's (Nichol et al. 2018).
 
 Both follow :class:`metarl.agent.MetaLearner` and add ``query_accuracy`` (per
 task) and ``classify`` (one task, e.g. a run of Lake et al.'s 20-way one-shot
@@ -44,6 +46,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 import metarl
+from agents.reptile import linear_anneal, reptile_update
 from metarl.env import TaskFamily
 from metarl.fewshot import EpisodeSource, FewShotEpisodes
 from metarl.tasks import Tasks
@@ -453,11 +456,26 @@ class FewShotMAMLConfig(ConvLearnerConfig):
     """Inner SGD step size (MAML Omniglot: 0.4 for 5-way, 0.1 for 20-way)."""
     first_order: bool = False
     """Drop second-order terms (FOMAML)."""
+    outer: Literal["maml", "reptile"] = "maml"
+    """Outer loop: ``maml`` (Adam on the adapted networks' query loss, through the inner steps) or ``reptile``
+    (Nichol et al. 2018: ``inner_steps`` first-order steps on all of each task's episode, then θ ← θ + ε·mean(θ̃ − θ))."""
     outer_lr: float = 1e-3
-    """Adam step size of the meta-update."""
+    """MAML: Adam step size of the meta-update."""
+    meta_lr: float = 1.0
+    """Reptile: step size ε at the first meta-iteration, in (0, 1]."""
+    meta_lr_final: float = 0.1
+    """Reptile: ε after ``anneal_iterations`` (linear in between), in (0, 1]."""
+    anneal_iterations: int = 2000
+    """Reptile: meta-iterations over which ε anneals."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.outer not in ("maml", "reptile"):
+            raise ValueError(f"outer must be 'maml' or 'reptile', got {self.outer!r}")
+        for name in ("meta_lr", "meta_lr_final"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"{name} (Reptile's step size ε) must lie in (0, 1], got {getattr(self, name)!r}")
+        check_positive_int("anneal_iterations", self.anneal_iterations)
         if self.feedback not in ("labels", "reward"):
             raise ValueError(f"feedback must be 'labels' or 'reward', got {self.feedback!r}")
         check_positive_int("meta_batch_size", self.meta_batch_size)
@@ -619,10 +637,13 @@ class FewShotMAML:
         tasks = self.family.task_space.sample(self.config.meta_batch_size, generator=self.task_generator, split="train")
         episodes = self.family.episodes(tasks, self.episode_generator).to(self.device)
         sampled = time.perf_counter()
-        loss, logits, extras = self.meta_loss(dict(self.net.named_parameters()), episodes, self.action_generator)
-        self.optimizer.zero_grad()
-        loss.backward()
-        self.optimizer.step()
+        if self.config.outer == "reptile":
+            loss, logits, extras = self._reptile_step(episodes)
+        else:
+            loss, logits, extras = self.meta_loss(dict(self.net.named_parameters()), episodes, self.action_generator)
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
         self.iteration += 1
         logits = logits.detach()
         metrics = {
@@ -639,6 +660,30 @@ class FewShotMAML:
             "seconds_update": done - sampled,
             "seconds": done - began,
         }
+
+    def _reptile_step(self, episodes: FewShotEpisodes) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+        """Reptile: adapt on every task's whole episode (support and query: all of it is revealed), move θ toward the mean.
+
+        Returns the query loss of the adapted networks (a metric here, not an objective), their query logits and ε.
+        """
+        cfg = self.config
+        whole = dataclasses.replace(
+            episodes,
+            support_images=torch.cat([episodes.support_images, episodes.query_images], dim=1),
+            support_labels=torch.cat([episodes.support_labels, episodes.query_labels], dim=1),
+        )
+        theta = dict(self.net.named_parameters())
+        with torch.no_grad():
+            start = {k: v.detach() for k, v in theta.items()}
+            adapted, _ = self.adapt(start, whole, cfg.inner_steps, self.action_generator, first_order=True)
+            shared = cfg.inner_steps == 0
+            logits = task_forward(self.net, adapted, episodes.query_images, shared)
+            loss = self.query_loss(logits, episodes.query_labels)
+            if shared:
+                adapted = {k: v.expand(episodes.num_tasks, *v.shape) for k, v in adapted.items()}
+            step_size = linear_anneal(cfg.meta_lr, cfg.meta_lr_final, self.iteration, cfg.anneal_iterations)
+            reptile_update(theta, adapted, step_size)
+        return loss, logits, {"meta_step_size": step_size}
 
     # --- evaluation -----------------------------------------------------------------------------
     def _accuracy_curve(self, episodes: FewShotEpisodes, num_steps: int, generator: torch.Generator) -> torch.Tensor:

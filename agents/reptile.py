@@ -111,9 +111,14 @@ class ReptileConfig:
             raise ValueError(f"hidden_sizes must be positive, got {self.hidden_sizes!r}")
 
     def meta_step_size(self, iteration: int) -> float:
-        """ε at meta-iteration ``iteration`` (0-based): linear from ``meta_lr`` to ``meta_lr_final``."""
-        done = min(iteration / self.anneal_iterations, 1.0)
-        return (1 - done) * self.meta_lr + done * self.meta_lr_final
+        """ε at meta-iteration ``iteration`` (0-based)."""
+        return linear_anneal(self.meta_lr, self.meta_lr_final, iteration, self.anneal_iterations)
+
+
+def linear_anneal(start: float, end: float, iteration: int, iterations: int) -> float:
+    """``start`` at iteration 0, linearly to ``end`` at ``iterations``, then ``end`` (Reptile's ε schedule)."""
+    done = min(iteration / iterations, 1.0)
+    return (1 - done) * start + done * end
 
 
 def reptile_update(theta: Params, adapted: Params, step_size: float) -> Params:

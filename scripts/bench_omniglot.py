@@ -13,13 +13,14 @@ each. Then:
   labels against MAML whose inner loop sees only bandit rewards, same budget.
 
 Learners: ProtoNet (metric-based), FewShotMAML with label or reward feedback,
+Reptile (the same network and inner loop, Reptile's outer update),
 RL² (memory-based, the GRU reads the previous label in its observation), and a
 nearest-neighbour-on-pixels reference. RL² is scored on held-out 5-way tasks
 only: the official runs are not episodes of its trained length.
 
 Run::
 
-    python scripts/bench_omniglot.py                      # minimal split, ~35 min on 2 cores
+    python scripts/bench_omniglot.py                      # minimal split, ~45 min on 2 cores
     python scripts/bench_omniglot.py --split vinyals --root ~/omniglot   # full zips (1200/423 classes); a GPU helps
 
 The full split needs ``images_background.zip`` and ``images_evaluation.zip``
@@ -51,15 +52,27 @@ from envs.omniglot_data import load_one_shot_runs, score_one_shot_runs
 from metarl.evaluation import mean_ci
 from metarl.rollout import collect, start
 
-MINUTES = {"protonet": 20.0, "maml-20way": 20.0, "maml-5way-labels": 8.0, "maml-5way-reward": 8.0, "rl2-5way": 8.0}
+MINUTES = {
+    "protonet": 20.0,
+    "maml-20way": 20.0,
+    "maml-5way-labels": 8.0,
+    "maml-5way-reward": 8.0,
+    "rl2-5way": 8.0,
+    "reptile-5way": 8.0,
+    "reptile-20way": 8.0,
+}
 """Training budget per learner, in minutes (times ``--minutes-scale``)."""
 
-Learner = Literal["pixels", "protonet", "maml-20way", "maml-5way-labels", "maml-5way-reward", "rl2-5way"]
+Learner = Literal[
+    "pixels", "protonet", "maml-20way", "maml-5way-labels", "maml-5way-reward", "rl2-5way", "reptile-5way", "reptile-20way"
+]
 
 
 @dataclasses.dataclass
 class BenchConfig:
-    learners: tuple[Learner, ...] = ("pixels", "protonet", "maml-20way", "maml-5way-labels", "maml-5way-reward", "rl2-5way")
+    learners: tuple[Learner, ...] = (
+        "pixels", "protonet", "maml-20way", "maml-5way-labels", "maml-5way-reward", "rl2-5way", "reptile-5way", "reptile-20way"
+    )  # fmt: skip
     """Learners to train and score."""
     split: str = "minimal"
     """Omniglot split (minimal, minimal1, minimal2, background, vinyals)."""
@@ -141,6 +154,13 @@ def make_learner(name: str, cfg: BenchConfig) -> ProtoNet | FewShotMAML | RL2:
         config = FewShotMAMLConfig(
             env_kwargs=family_kwargs(cfg, 20), meta_batch_size=16, inner_lr=0.1, first_order=True, **common
         )
+        return FewShotMAML(config)
+    if name.startswith("reptile"):  # first-order inner SGD on whole episodes, ε 1.0 -> 0.1 (Nichol et al.'s schedule shape)
+        ways = 20 if name.endswith("20way") else 5
+        config = FewShotMAMLConfig(
+            env_kwargs=family_kwargs(cfg, ways), outer="reptile", meta_batch_size=8 if ways == 5 else 5, inner_steps=3,
+            inner_lr=0.1, anneal_iterations=1500, **common,
+        )  # fmt: skip
         return FewShotMAML(config)
     if name in ("maml-5way-labels", "maml-5way-reward"):
         feedback = "labels" if name.endswith("labels") else "reward"

@@ -4,6 +4,7 @@ REINFORCE inner steps, learning on synthetic glyphs, exact resume, refused setti
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import pytest
@@ -42,6 +43,12 @@ def protonet(**overrides) -> ProtoNet:
 
 def held_out(agent: FewShotMAML | ProtoNet, n: int = 8, seed: int = 123):
     return agent.family.task_space.sample(n, generator=torch.Generator().manual_seed(seed), split="test")
+
+
+def copy_generator(generator: torch.Generator) -> torch.Generator:
+    copy = torch.Generator()
+    copy.set_state(generator.get_state())
+    return copy
 
 
 def net_params(agent: FewShotMAML | ProtoNet) -> dict[str, torch.Tensor]:
@@ -357,6 +364,9 @@ def test_resume_continues_bit_identically(make) -> None:
         (lambda: FewShotMAMLConfig(meta_batch_size=0), "meta_batch_size must be a positive int, got 0"),
         (lambda: ProtoNetConfig(width=0), "width must be a positive int, got 0"),
         (lambda: FewShotMAMLConfig(env_kwargs=[("num_ways", 5)]), "env_kwargs must be a dict"),
+        (lambda: FewShotMAMLConfig(outer="fomaml"), "outer must be 'maml' or 'reptile', got 'fomaml'"),
+        (lambda: FewShotMAMLConfig(meta_lr=0.0), r"meta_lr \(Reptile's step size ε\) must lie in \(0, 1\], got 0.0"),
+        (lambda: FewShotMAMLConfig(meta_lr_final=1.5), "meta_lr_final"),
     ],
 )
 def test_bad_settings_are_refused(make, match: str) -> None:
@@ -377,3 +387,41 @@ def test_one_way_family_and_negative_steps_are_refused() -> None:
     agent = maml()
     with pytest.raises(ValueError, match="num_steps must be a non-negative int, got -1"):
         agent.adaptation_curve(held_out(agent), -1, torch.Generator())
+
+
+# --- Reptile as the outer loop ------------------------------------------------------------------
+
+
+def test_reptile_outer_loop_moves_theta_by_epsilon_toward_the_mean_adapted_network() -> None:
+    """θ ← θ + ε (mean θ̃ − θ), θ̃ = first-order inner steps on each task's whole episode (support and query)."""
+    agent = maml(outer="reptile", inner_steps=2, inner_lr=0.1, meta_lr=0.5, meta_lr_final=0.5)
+    theta = net_params(agent)
+    generators = [copy_generator(g) for g in (agent.task_generator, agent.episode_generator)]
+    tasks = agent.family.task_space.sample(agent.config.meta_batch_size, generator=generators[0], split="train")
+    episodes = agent.family.episodes(tasks, generators[1])
+    whole = dataclasses.replace(
+        episodes,
+        support_images=torch.cat([episodes.support_images, episodes.query_images], 1),
+        support_labels=torch.cat([episodes.support_labels, episodes.query_labels], 1),
+    )
+    adapted, _ = agent.adapt(theta, whole, 2, torch.Generator(), first_order=True)
+    stats = agent.meta_train_step()
+    assert stats["meta_step_size"] == 0.5
+    for name, value in agent.net.named_parameters():
+        expected = theta[name] + 0.5 * (adapted[name].mean(0) - theta[name])
+        torch.testing.assert_close(value.detach(), expected, rtol=1e-5, atol=1e-6)
+        assert not torch.equal(value.detach(), theta[name])
+
+
+@pytest.mark.slow
+def test_reptile_outer_loop_learns_held_out_glyphs() -> None:
+    agent = maml(outer="reptile", meta_batch_size=8, inner_steps=3, inner_lr=0.1, anneal_iterations=100)
+    tasks = held_out(agent, 40, 123)
+
+    def accuracy() -> float:
+        return float(agent.query_accuracy(tasks, torch.Generator().manual_seed(7)).mean())
+
+    untrained = accuracy()  # already adapted with 3 steps from the random init
+    for _ in range(100):
+        agent.meta_train_step()
+    assert accuracy() > untrained + 0.1
