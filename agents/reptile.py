@@ -397,15 +397,15 @@ class Reptile:
     # --- evaluation ---------------------------------------------------------------------------
     def adaptation_curve(self, tasks: Tasks, num_steps: int, generator: torch.Generator) -> torch.Tensor:
         """Mean first-episode return per task after 0..``num_steps`` inner PPO updates from θ, ``(num_steps + 1, M)``."""
-        seeds = torch.randint(2**62, (3,), generator=generator).tolist()
-        saved = [g.get_state() for g in (self.action_generator, self.minibatch_generator)]
-        self.action_generator.manual_seed(seeds[0])
-        self.minibatch_generator.manual_seed(seeds[1])
-        self._native.env(len(tasks)).generator.manual_seed(seeds[2])
+        # The env of len(tasks) envs per task batch is the training env when len(tasks) == meta_batch_size.
+        streams = (self.action_generator, self.minibatch_generator, self._native.env(len(tasks)).generator)
+        saved = [g.get_state() for g in streams]
+        for g, seed in zip(streams, torch.randint(2**62, (3,), generator=generator).tolist(), strict=True):
+            g.manual_seed(seed)
         try:
             _, curve = self.inner.adapt(dict(self.policy.named_parameters()), tasks, num_steps, measure=True)
         finally:  # evaluating never changes the training streams
-            for g, state in zip((self.action_generator, self.minibatch_generator), saved, strict=True):
+            for g, state in zip(streams, saved, strict=True):
                 g.set_state(state)
         return curve.cpu()
 

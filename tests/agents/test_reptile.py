@@ -188,6 +188,19 @@ def test_adaptation_curve_shape_and_no_side_effects() -> None:
     assert all(torch.equal(v, theta[k]) for k, v in agent.policy.named_parameters())
 
 
+def test_evaluating_a_meta_batch_sized_task_set_leaves_training_unchanged() -> None:
+    """The native env of meta_batch_size tasks is the training env: evaluation must restore its generator too."""
+    straight, evaluated = Reptile(tiny()), Reptile(tiny())
+    tasks = evaluated.family.task_space.sample(evaluated.config.meta_batch_size, generator=torch.Generator(), split="test")
+    for agent in (straight, evaluated):
+        agent.meta_train_step()
+    evaluated.adaptation_curve(tasks, 1, torch.Generator().manual_seed(1))
+    for agent in (straight, evaluated):
+        agent.meta_train_step()
+    for (k, a), b in zip(straight.policy.named_parameters(), evaluated.policy.parameters(), strict=True):
+        assert torch.equal(a, b), k
+
+
 def test_state_dict_resumes_exactly() -> None:
     straight = Reptile(tiny())
     for _ in range(3):
