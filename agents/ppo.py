@@ -77,13 +77,6 @@ def replay_sequence(
     return torch.stack(dist), torch.stack(values)
 
 
-def _chunks(x: torch.Tensor, length: int) -> torch.Tensor:
-    """``(T, N, ...)`` -> ``(length, N * T // length, ...)``: consecutive chunks side by side."""
-    steps, envs = x.shape[:2]
-    x = x.reshape(steps // length, length, envs, *x.shape[2:]).transpose(0, 1)
-    return x.reshape(length, (steps // length) * envs, *x.shape[3:])
-
-
 def _task_columns(x: torch.Tensor, length: int, num_tasks: int) -> torch.Tensor:
     """``(T, M*E, ...)`` -> ``(length, M, C, ...)``: each task's chunks (C = E * T // length) in its own row."""
     steps, envs = x.shape[:2]
@@ -127,9 +120,9 @@ def ppo_update(
     parameters follow exactly the path of a PPO run of its own.
     """
     dist = policy.action_dist
-    batched = params is not None and task_batch_size(policy, params) is not None
+    stacked_tasks = None if params is None else task_batch_size(policy, params)
     params = dict(policy.named_parameters()) if params is None else params
-    num_tasks = task_batch_size(policy, params) if batched else 1
+    num_tasks = stacked_tasks or 1
     recurrent = traj.hidden is not None
     steps = traj.num_steps
     length = (settings.bptt_length or steps) if recurrent else 1
@@ -178,7 +171,7 @@ def ppo_update(
             loss = (policy_loss + settings.vf_coef * value_loss - settings.ent_coef * entropy).sum()
             optimizer.zero_grad()
             loss.backward()
-            if batched:
+            if stacked_tasks is not None:
                 clip_grad_norm_per_task(params, settings.max_grad_norm)
             else:
                 nn.utils.clip_grad_norm_(list(params.values()), settings.max_grad_norm)

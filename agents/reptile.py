@@ -121,12 +121,14 @@ def linear_anneal(start: float, end: float, iteration: int, iterations: int) -> 
     return (1 - done) * start + done * end
 
 
-def reptile_update(theta: Params, adapted: Params, step_size: float) -> Params:
-    """The Reptile direction applied in place: θ ← θ + ε · mean over tasks of (θ̃ − θ); returns the direction.
+def reptile_direction(theta: Params, adapted: Params) -> Params:
+    """mean over tasks of (θ̃ − θ), with ``adapted`` holding each task's parameters stacked ``(M, ...)``."""
+    return {k: adapted[k].detach().mean(0) - v.detach() for k, v in theta.items()}
 
-    ``adapted`` holds each task's parameters stacked ``(M, ...)``.
-    """
-    direction = {k: adapted[k].detach().mean(0) - v.detach() for k, v in theta.items()}
+
+def reptile_update(theta: Params, adapted: Params, step_size: float) -> Params:
+    """The Reptile step applied in place: θ ← θ + ε · mean over tasks of (θ̃ − θ); returns the direction."""
+    direction = reptile_direction(theta, adapted)
     with torch.no_grad():
         for k, v in theta.items():
             v.add_(direction[k], alpha=step_size)
@@ -280,28 +282,25 @@ class SB3PPO:
         return {ours: self._sb3_params[theirs].detach().clone().to(self.agent.device) for ours, theirs in self.names.items()}
 
     def adapt(self, theta: Params, tasks: Tasks, num_updates: int, measure: bool) -> tuple[Params, torch.Tensor]:
-        adapted: list[Params] = []
-        snapshots: list[list[Params]] = []
+        paths: list[list[Params]] = []  # per task: θ and the parameters after every update (measure), or the last only
         seen = torch.zeros(num_updates, len(tasks))
         steps = self.agent.rollout_steps * self.vec_env.num_envs
         for i in range(len(tasks)):
             self._set_task(tasks[i])
             self.load(theta)
-            path = [{k: v.detach().clone() for k, v in theta.items()}]
+            path = [{k: v.detach().clone() for k, v in theta.items()}] if measure else []
             for update in range(num_updates):
                 self.model.learn(total_timesteps=steps, reset_num_timesteps=True)  # one rollout, one PPO update
                 episodes = [info["r"] for info in self.model.ep_info_buffer]
                 seen[update, i] = float(np.mean(episodes)) if episodes else float("nan")
-                if measure:
+                if measure or update == num_updates - 1:
                     path.append(self.params())
-            adapted.append(self.params())
-            snapshots.append(path)
-        stacked = {k: torch.stack([p[k] for p in adapted]) for k in theta}
+            paths.append(path)
+        after = [{k: torch.stack([path[j][k] for path in paths]) for k in theta} for j in range(len(paths[0]))]
         if not measure:
-            return stacked, seen
+            return after[-1], seen
         # The curve is measured exactly as the native learner's: fresh first episodes under each update's parameters.
-        after = [{k: torch.stack([path[j][k] for path in snapshots]) for k in theta} for j in range(num_updates + 1)]
-        return stacked, torch.stack([self.agent.measure(params, tasks) for params in after])
+        return after[-1], torch.stack([self.agent.measure(params, tasks) for params in after])
 
 
 # --- the agent ------------------------------------------------------------------------------------
@@ -376,7 +375,7 @@ class Reptile:
         if self.outer is None:
             direction = reptile_update(theta, adapted, step_size)
         else:
-            direction = {k: adapted[k].mean(0) - v.detach() for k, v in theta.items()}
+            direction = reptile_direction(theta, adapted)
             self.outer.zero_grad()
             for k, v in theta.items():
                 v.grad = -direction[k]

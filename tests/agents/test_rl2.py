@@ -7,13 +7,18 @@ import torch
 
 import envs  # noqa: F401
 import metarl
-from agents.ppo import PPOSettings, _chunks, replay_sequence
+from agents.ppo import PPOSettings, _task_columns, replay_sequence
 from agents.rl2 import RL2, RL2Config
 from metarl.policies import GRUPolicy, init_parameters
 from metarl.rollout import collect, start
 from metarl.trials import TrialEnv
 
 TINY = dict(env_kwargs={"num_arms": 2, "num_pulls": 4}, num_envs=8, hidden_size=16, ppo=PPOSettings(num_minibatches=2, epochs=2))
+
+
+def _chunks(x: torch.Tensor, length: int) -> torch.Tensor:
+    """``(T, N, ...)`` -> ``(length, N * T // length, ...)``: ppo_update's chunk columns of one task."""
+    return _task_columns(x, length, 1)[:, 0]
 
 
 def test_replayed_chunks_reproduce_the_rollout() -> None:
