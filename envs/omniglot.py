@@ -26,7 +26,7 @@ from metarl.env import TaskFamily, Transition
 from metarl.fewshot import FewShotEpisodes
 from metarl.registry import register
 from metarl.structs import TensorStruct
-from metarl.tasks import Split, Tasks, TaskSpace, check_split
+from metarl.tasks import Split, Tasks, TaskSpace, check_split, check_task_generator
 from metarl.validation import check_positive_int, is_int
 
 
@@ -96,7 +96,7 @@ class OmniglotTaskSpace(TaskSpace[OmniglotTasks]):
         """``n`` tasks whose classes all come from ``split`` (drawn with ``generator``, a CPU generator)."""
         check_positive_int("number of tasks", n)
         check_split(split)
-        _check_cpu_generator(generator)
+        check_task_generator(generator)
         return OmniglotTasks(self._classes_of(split, n, generator))
 
     def draw(self, n: int, generator: torch.Generator) -> OmniglotTasks:
@@ -143,13 +143,6 @@ class OmniglotTaskSpace(TaskSpace[OmniglotTasks]):
             f"OmniglotTaskSpace(num_train_classes={self.num_train_classes}, "
             f"num_test_classes={self.num_test_classes}, num_ways={self.num_ways})"
         )
-
-
-def _check_cpu_generator(generator: object) -> None:
-    if not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    if generator.device.type != "cpu":
-        raise ValueError(f"tasks are sampled on the CPU; got a generator on {generator.device}")
 
 
 # --- the class table ------------------------------------------------------------------

@@ -286,7 +286,6 @@ class ThompsonSampling(BanditPolicy):
         return argmax_random_ties(theta, generator)
 
 
-
 class GittinsIndex(IndexPolicy):
     """Pull the arm with the largest finite-horizon Gittins index (:func:`gittins_table`) for the pulls left.
 

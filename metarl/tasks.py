@@ -110,6 +110,14 @@ def check_split(split: str) -> None:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
 
 
+def check_task_generator(generator: object) -> None:
+    """Refuse anything but a CPU ``torch.Generator``: tasks are sampled on the CPU, so a seed names the same tasks everywhere."""
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    if generator.device.type != "cpu":
+        raise ValueError(f"tasks are sampled on the CPU; got a generator on {generator.device}")
+
+
 class TaskSpace(ABC, Generic[TasksT]):
     """A family's task distribution with its train/test split.
 
@@ -146,10 +154,7 @@ class TaskSpace(ABC, Generic[TasksT]):
         """
         check_positive_int("number of tasks", n)
         check_split(split)
-        if not isinstance(generator, torch.Generator):
-            raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-        if generator.device.type != "cpu":
-            raise ValueError(f"tasks are sampled on the CPU; got a generator on {generator.device}")
+        check_task_generator(generator)
         want_test = split == "test"
         kept: list[TasksT] = []
         count = 0
