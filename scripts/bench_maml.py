@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -42,6 +40,7 @@ import envs  # noqa: F401  (registers the built-in task families)
 from agents.maml import MAML, MAMLConfig
 from metarl.evaluation import EvalConfig, evaluate, held_out_tasks, oracle_returns
 from metarl.logging import RunLogger
+from metarl.machine import machine_info
 from metarl.training import meta_train
 
 PAPER = {"before adaptation": -40.4, "after 1 step": -11.7, "random init, after 1 step": -58.0}
@@ -85,24 +84,6 @@ class BenchConfig:
     """Where the learning run writes its run directory (config, metrics, evaluation, Comet)."""
     json_out: Path | None = None
     """Write every figure as JSON here."""
-
-
-def machine() -> dict[str, object]:
-    cpu = platform.processor() or "unknown CPU"
-    if os.path.exists("/proc/cpuinfo"):
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    info: dict[str, object] = {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-    }
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
 
 
 def measure_speed(config: BenchConfig) -> list[dict[str, object]]:
@@ -187,7 +168,7 @@ def measure_learning(config: BenchConfig, inner_loop: str) -> dict[str, object]:
 def main(config: BenchConfig) -> dict[str, object]:
     if config.threads is not None:
         torch.set_num_threads(config.threads)
-    report: dict[str, object] = {"machine": machine(), "paper": PAPER, "pytorch_maml_rl": PYTORCH_MAML_RL}
+    report: dict[str, object] = {"machine": machine_info(), "paper": PAPER, "pytorch_maml_rl": PYTORCH_MAML_RL}
     print(f"machine: {report['machine']}")
     inner_loop = config.inner_loop
     if config.mode in ("speed", "both"):

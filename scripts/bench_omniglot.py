@@ -32,8 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import platform
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -50,6 +48,7 @@ from agents.rl2 import RL2, RL2Config
 from envs.omniglot import OmniglotBandit
 from envs.omniglot_data import load_one_shot_runs, score_one_shot_runs
 from metarl.evaluation import mean_ci
+from metarl.machine import machine_info
 from metarl.rollout import collect, start
 
 MINUTES = {
@@ -221,11 +220,12 @@ def main(cfg: BenchConfig) -> None:
     with ProcessPoolExecutor(max_workers=cfg.jobs) as pool:
         results = list(pool.map(run_learner, [(name, cfg) for name in cfg.learners]))
     print(table(results))
-    machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__}
     cfg.out.mkdir(parents=True, exist_ok=True)
     path = cfg.out / f"bench-{cfg.split}.json"
     config = {**dataclasses.asdict(cfg), "out": str(cfg.out), "root": None if cfg.root is None else str(cfg.root)}
-    path.write_text(json.dumps({"machine": machine, "config": config, "results": results, "table": table(results)}, indent=2))
+    path.write_text(
+        json.dumps({"machine": machine_info(cfg.device), "config": config, "results": results, "table": table(results)}, indent=2)
+    )
     print(f"report: {path}")
 
 

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import platform
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -38,6 +36,7 @@ from agents.maml import MAML, MAMLConfig
 from agents.reptile import Reptile, ReptileConfig
 from metarl.evaluation import Curve, EvalConfig, EvalResult, held_out_tasks, plot
 from metarl.files import write_json
+from metarl.machine import machine_info
 
 PRESETS: dict[str, dict[str, Any]] = {
     "metarl/CartPole-v0": {},
@@ -74,15 +73,6 @@ class BenchConfig:
     """Learning: training processes side by side (one thread each)."""
     out: Path = Path("runs/bench-reptile")
     """Where JSON results and plots go."""
-
-
-def machine() -> dict[str, Any]:
-    return {
-        "cpu": platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
-        "torch": torch.__version__,
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-    }
 
 
 def reptile_config(env_id: str, **overrides: Any) -> ReptileConfig:
@@ -168,7 +158,7 @@ def learning(cfg: BenchConfig, env_id: str) -> dict[str, Any]:
 
 
 def main(cfg: BenchConfig) -> None:
-    report: dict[str, Any] = {"machine": machine(), "config": {**dataclasses.asdict(cfg), "out": str(cfg.out)}}
+    report: dict[str, Any] = {"machine": machine_info(cfg.device), "config": {**dataclasses.asdict(cfg), "out": str(cfg.out)}}
     if cfg.mode in ("speed", "both"):
         report["speed"] = [speed(cfg, env_id) for env_id in cfg.env_ids]
         for s in report["speed"]:

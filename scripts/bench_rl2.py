@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import platform
 import time
 from pathlib import Path
 from typing import Literal
@@ -33,6 +31,7 @@ from agents.ppo import PPOSettings
 from agents.rl2 import RL2, RL2Config
 from envs.reference_policies import reference_learners
 from metarl.evaluation import mean_ci
+from metarl.machine import machine_info
 
 Setting = Literal["bandit-k5-n10", "bandit-k10-n100", "bandit-k5-n100", "mdp-10x5"]
 SETTINGS: dict[str, tuple[str, dict[str, int], int]] = {
@@ -114,11 +113,8 @@ def run_setting(name: str, config: BenchConfig) -> dict[str, object]:
 def main(config: BenchConfig) -> dict[str, object]:
     if config.threads is not None:
         torch.set_num_threads(config.threads)
-    cpu = platform.processor() or "unknown CPU"
-    if os.path.exists("/proc/cpuinfo"):
-        cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), cpu)
     report: dict[str, object] = {
-        "machine": {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads()},
+        "machine": machine_info(),
         "config": dataclasses.asdict(config),
     }
     print(f"machine: {report['machine']}")

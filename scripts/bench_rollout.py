@@ -43,8 +43,6 @@ import functools
 import gc
 import json
 import math
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -62,6 +60,7 @@ from gymnasium.wrappers import TimeLimit
 
 import envs  # noqa: F401  (registers the built-in families)
 import metarl
+import metarl.machine
 from metarl.policies import MLPPolicy
 from metarl.rollout import collect, start
 
@@ -334,26 +333,8 @@ def best(*rates: float | None) -> float | None:
 
 
 def machine_info(device: torch.device) -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    info: dict[str, Any] = {
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "gymnasium": gymnasium.__version__,
-        "numpy": np.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "device": str(device),
-    }
-    if device.type == "cuda":
-        info["device_name"] = torch.cuda.get_device_name(device)
-    return info
+    """:func:`metarl.machine.machine_info` plus the versions of the libraries this benchmark compares against."""
+    return {**metarl.machine.machine_info(device), "gymnasium": gymnasium.__version__, "numpy": np.__version__}
 
 
 def lookup(results: list[Result], family: str, num_envs: int, impl: str) -> float | None:
