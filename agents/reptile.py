@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import tyro
 from stable_baselines3 import PPO
+from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from torch import nn
 
@@ -260,6 +261,8 @@ class SB3PPO:
             seed=cfg.seed,
             device="cpu",
         )
+        # A logger with no outputs: without one, every learn() call makes an empty SB3-<time> folder in the temp dir.
+        self.model.set_logger(Logger(folder=None, output_formats=[]))
         self.names = sb3_parameter_names(len(cfg.hidden_sizes), agent.policy.gaussian)
         self._sb3_params = dict(self.model.policy.named_parameters())
 

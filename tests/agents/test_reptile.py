@@ -141,6 +141,17 @@ def test_meta_step_moves_theta_by_exactly_epsilon_times_the_reptile_direction(in
         torch.testing.assert_close(v.detach(), theta[k] + 0.4 * direction[k], rtol=1e-6, atol=1e-6)
 
 
+def test_sb3_learner_leaves_no_log_folders_behind(tmp_path, monkeypatch) -> None:
+    """SB3 makes an SB3-<time> folder in the temp dir per learn() unless given a logger; ours gets one with no outputs."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.delenv("SB3_LOGDIR", raising=False)
+    agent = Reptile(tiny(inner_learner="sb3"))
+    agent.meta_train_step()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("SB3-")] == []
+
+
 def test_sb3_learner_copies_parameters_in_and_out() -> None:
     """θ loaded into SB3's policy gives the same action distribution and values as ours, and reads back unchanged."""
     for env_id in ("metarl/CartPole-v0", "metarl/Pendulum-v0"):
