@@ -53,7 +53,7 @@ from metarl.tasks import Tasks
 from metarl.validation import check_positive_int, is_int
 
 Params = dict[str, torch.Tensor]
-EnvKwargs = dict[str, int | float | str]
+EnvKwargs = dict[str, bool | int | float | str]
 
 
 # --- the network ------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from envs.omniglot_data import ENV_VAR, SPLIT_NAMES, OmniglotClasses, load_split
+from envs.omniglot_data import ENV_VAR, SPLIT_NAMES, OmniglotClasses, load_split, with_rotations
 from metarl.env import TaskFamily, Transition
 from metarl.fewshot import FewShotEpisodes
 from metarl.registry import register
@@ -194,13 +194,14 @@ def _class_table(train: OmniglotClasses, test: OmniglotClasses) -> _ClassTable:
 
 
 @functools.lru_cache(maxsize=2)
-def _loaded_table(split: str, root: str | None, image_size: int, env_root: str | None) -> _ClassTable:
+def _loaded_table(split: str, root: str | None, image_size: int, env_root: str | None, train_rotations: bool) -> _ClassTable:
     """The class table of a named split, built once per process and shared by every family that loads it.
 
     ``env_root`` (``$METARL_OMNIGLOT_DIR`` at the call) is part of the key because
     ``load_split`` reads it when ``root`` is None.
     """
-    return _class_table(*load_split(split, root=root, image_size=image_size))
+    train, test = load_split(split, root=root, image_size=image_size)
+    return _class_table(with_rotations(train) if train_rotations else train, test)
 
 
 # --- the family ---------------------------------------------------------------------
@@ -270,6 +271,12 @@ class OmniglotBandit(TaskFamily[OmniglotTasks, OmniglotState]):
         classes: a ``(train, test)`` pair of class tables to use instead of
             loading a split (tests, demos with :func:`synthetic_glyph_classes`,
             a user's own glyphs).
+        train_rotations: give every train class its 90, 180 and 270 degree
+            rotations as three more train classes
+            (:func:`envs.omniglot_data.with_rotations`; the augmentation of
+            Santoro et al. 2016 and Vinyals et al. 2016). Held-out classes are
+            left as they are. Not for ``"vinyals"``, whose classes already
+            include their rotations.
     """
 
     def __init__(
@@ -281,6 +288,7 @@ class OmniglotBandit(TaskFamily[OmniglotTasks, OmniglotState]):
         image_size: int = 28,
         root: str | os.PathLike[str] | None = None,
         classes: tuple[OmniglotClasses, OmniglotClasses] | None = None,
+        train_rotations: bool = False,
     ) -> None:
         for name, value, minimum in (("num_ways", num_ways, 2), ("shots", shots, 1), ("queries", queries, 1)):
             if not is_int(value) or value < minimum:
@@ -290,14 +298,21 @@ class OmniglotBandit(TaskFamily[OmniglotTasks, OmniglotState]):
             raise ValueError(f"unknown Omniglot split {split!r}; valid: {', '.join(SPLIT_NAMES)}")
         if root is not None and not isinstance(root, (str, os.PathLike)):
             raise TypeError(f"root must be a folder path or None, got {root!r}")
+        if not isinstance(train_rotations, bool):
+            raise TypeError(f"train_rotations must be a bool, got {train_rotations!r}")
+        if train_rotations and split == "vinyals" and classes is None:
+            raise ValueError("train_rotations=True with split='vinyals': that split's classes already include their rotations")
         if classes is None:
-            table = _loaded_table(split, None if root is None else os.fspath(root), image_size, os.environ.get(ENV_VAR))
+            root_key = None if root is None else os.fspath(root)
+            table = _loaded_table(split, root_key, image_size, os.environ.get(ENV_VAR), train_rotations)
         else:
             if root is not None:
                 raise ValueError(f"give either classes or root, not both (root={os.fspath(root)!r})")
             if not isinstance(classes, tuple) or len(classes) != 2:
                 raise TypeError(f"classes must be a (train, test) tuple of OmniglotClasses, got {type(classes).__name__}")
             table = _class_table(*classes)
+            if train_rotations:
+                table = _class_table(with_rotations(classes[0]), classes[1])
             if table.image_size != (image_size, image_size):
                 h, w = table.image_size
                 raise ValueError(f"classes hold {h}x{w} images but image_size={image_size}; pass image_size={h} (square images)")
@@ -308,6 +323,7 @@ class OmniglotBandit(TaskFamily[OmniglotTasks, OmniglotState]):
         self.split = split if classes is None else "custom"
         self.root = root  # where the files were looked for (None: $METARL_OMNIGLOT_DIR or the default cache)
         self.num_ways, self.shots, self.queries = num_ways, shots, queries
+        self.train_rotations = train_rotations
         self.image_shape: tuple[int, int, int] = (1, *table.image_size)
         self.task_space = OmniglotTaskSpace(table.num_train_classes, table.num_test_classes, num_ways)
         self.max_episode_steps = num_ways * (shots + queries)
@@ -394,16 +410,25 @@ class OmniglotBandit(TaskFamily[OmniglotTasks, OmniglotState]):
         )
 
     # --- the bandit ---------------------------------------------------------------------
+    def observation(self, images: torch.Tensor, previous_labels: torch.Tensor) -> torch.Tensor:
+        """Observations ``(n, H * W + num_ways)`` of flat ``images`` ``(n, H * W)`` after ``previous_labels`` ``(n,)``.
+
+        A previous label of -1 means none (the first step): its one-hot is all zeros.
+        The one place that fixes the layout, for the env and for code that feeds
+        a trained agent images of its own (e.g. RL² on the official one-shot runs).
+        """
+        # One-hot by comparison (F.one_hot reads its input back to the host to check the range; -1 gives zeros).
+        ways = torch.arange(self.num_ways, device=previous_labels.device)
+        one_hot = previous_labels.unsqueeze(1) == ways
+        return torch.cat([images, one_hot.to(images.dtype)], dim=1)
+
     def _observe(self, state: OmniglotState) -> torch.Tensor:
         image_ids, labels, step = state.image_ids, state.labels, state.step
         horizon = image_ids.shape[1]
         shown = image_ids.gather(1, step.clamp(max=horizon - 1).unsqueeze(1)).squeeze(1)
         image = self._images(image_ids.device)[shown] * (step < horizon).unsqueeze(1)
-        previous = labels.gather(1, (step - 1).clamp(min=0).unsqueeze(1))
-        # One-hot by comparison (F.one_hot reads its input back to the host to check the range).
-        ways = torch.arange(self.num_ways, device=labels.device)
-        one_hot = (previous == ways) & (step > 0).unsqueeze(1)
-        return torch.cat([image, one_hot.to(image.dtype)], dim=1)
+        previous = labels.gather(1, (step - 1).clamp(min=0).unsqueeze(1)).squeeze(1)
+        return self.observation(image, torch.where(step > 0, previous, -1))
 
     def reset(self, tasks: OmniglotTasks, generator: torch.Generator) -> tuple[OmniglotState, torch.Tensor]:
         drawn = self._draw(tasks.classes, generator)
@@ -436,7 +461,7 @@ class OmniglotBandit(TaskFamily[OmniglotTasks, OmniglotState]):
     def __repr__(self) -> str:
         return (
             f"OmniglotBandit(split={self.split!r}, num_ways={self.num_ways}, shots={self.shots}, "
-            f"queries={self.queries}, image_size={self.image_shape[1]})"
+            f"queries={self.queries}, image_size={self.image_shape[1]}, train_rotations={self.train_rotations})"
         )
 
 

@@ -295,6 +295,24 @@ def test_bad_class_tables_are_refused() -> None:
         OmniglotTaskSpace(3, 8, 5)
 
 
+def test_train_rotations_add_rotated_train_classes_and_leave_held_out_classes_alone() -> None:
+    plain, rotated = coded_family(), coded_family(train_rotations=True)
+    assert rotated.task_space.num_train_classes == 4 * NUM_TRAIN
+    assert rotated.task_space.num_test_classes == NUM_TEST
+    train, test = coded_classes()
+    images = rotated._table.images.reshape(-1, DRAWERS, SIZE, SIZE)
+    for k in range(4):  # all classes rotated by 90 k degrees, k = 0..3 in turn, then the held-out classes as they were
+        torch.testing.assert_close(images[k * NUM_TRAIN : (k + 1) * NUM_TRAIN], torch.rot90(train.images, k, dims=(-2, -1)))
+    torch.testing.assert_close(images[4 * NUM_TRAIN :], test.images)
+    assert rotated.characters[NUM_TRAIN] == "c0_rot90" and rotated.characters[4 * NUM_TRAIN] == plain.characters[NUM_TRAIN]
+    held_out = rotated.task_space.sample(50, generator=_gen(0), split="test")
+    assert bool((held_out.classes >= 4 * NUM_TRAIN).all())
+    with pytest.raises(TypeError, match="train_rotations must be a bool, got 'yes'"):
+        coded_family(train_rotations="yes")
+    with pytest.raises(ValueError, match="split='vinyals': that split's classes already include their rotations"):
+        OmniglotBandit(split="vinyals", train_rotations=True)
+
+
 # --- devices and pickling -----------------------------------------------------------------------
 
 
