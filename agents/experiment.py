@@ -163,7 +163,7 @@ def train(config: TrainConfig) -> RunOutcome:
             progress=config.progress,
         )
         result = evaluate_agent(agent, config, logger) if config.eval.num_tasks > 0 else None
-        one_shot = one_shot_runs_error(agent) if isinstance(agent, FewShotLearner) else None
+        one_shot = one_shot_runs_error(agent) if isinstance(agent, (ProtoNet, FewShotMAML, RL2)) else None
         if one_shot is not None:
             logger.log_json("evaluation/one_shot_runs.json", dataclasses.asdict(one_shot))
             logger.log_metrics({"one_shot_runs/error_percent": one_shot.mean_error_percent}, step=config.iterations)
@@ -235,14 +235,16 @@ def evaluate_agent(agent: Agent, config: TrainConfig, logger: RunLogger, tasks: 
     )
 
 
-def one_shot_runs_error(agent: FewShotLearner) -> OneShotScore | None:
+def one_shot_runs_error(agent: ProtoNet | FewShotMAML | RL2) -> OneShotScore | None:
     """Lake et al.'s 20-way within-alphabet one-shot error of ``agent`` on the 20 official runs.
 
     ``None`` where it does not apply: a family other than Omniglot, a MAML head
-    with fewer than 20 ways, or no ``all_runs.zip`` in the family's data folder.
+    or RL² policy with fewer than 20 ways (ProtoNet answers any number), or no
+    ``all_runs.zip`` in the family's data folder. RL² answers from its memory
+    of the run's 20 training images (:meth:`agents.rl2.RL2.classify`).
     """
     family = agent.family
-    if not isinstance(family, OmniglotBandit) or (isinstance(agent, FewShotMAML) and agent.num_ways < 20):
+    if not isinstance(family, OmniglotBandit) or (not isinstance(agent, ProtoNet) and family.num_ways < 20):
         return None
     try:
         runs = load_one_shot_runs(root=family.root, image_size=family.image_shape[-1])

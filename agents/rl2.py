@@ -30,7 +30,7 @@ from metarl.policies import GRUPolicy, init_parameters
 from metarl.returns import gae, next_values
 from metarl.rollout import collect, start
 from metarl.tasks import Tasks
-from metarl.trials import TrialEnv
+from metarl.trials import TrialEnv, trial_observation
 from metarl.validation import check_positive_int
 
 
@@ -40,7 +40,7 @@ class RL2Config:
 
     env_id: str = "metarl/BernoulliBandit-v0"
     """Registered task family to meta-train on."""
-    env_kwargs: dict[str, int | float | str] = dataclasses.field(default_factory=dict)
+    env_kwargs: dict[str, bool | int | float | str] = dataclasses.field(default_factory=dict)
     """Family keyword arguments, e.g. ``--env-kwargs num_arms 10 num_pulls 100`` (bandit defaults: 5 arms, 10 pulls)."""
     episodes_per_trial: int = 1
     """Episodes of one task per trial (K)."""
@@ -153,6 +153,53 @@ class RL2:
             hidden = torch.where(step.reset_memory.unsqueeze(-1), torch.zeros_like(out.hidden), out.hidden)
             obs = step.obs
         return totals.reshape(episodes, len(tasks), per_task).mean(-1).cpu()
+
+    @torch.no_grad()
+    def classify(self, support_images: torch.Tensor, support_labels: torch.Tensor, query_images: torch.Tensor) -> torch.Tensor:
+        """Predicted labels ``(Q,)`` of one few-shot task's query images, answered from the GRU's memory.
+
+        For families that build observations from images (``family.observation``,
+        e.g. :class:`envs.omniglot.OmniglotBandit`). The support set is played as
+        the first steps of a trial, in the given order: the policy guesses each
+        image greedily, is rewarded, and sees the true label with the next
+        image, as in training. Then every query image is answered greedily from
+        the memory the support set left, each independently of the others (Lake
+        et al.'s protocol: no query's label is revealed to another). Support
+        labels lie in ``0..N-1`` with ``N <= num_ways``; answers are restricted to
+        the labels present in the support set.
+        """
+        family = self.family
+        if not callable(getattr(family, "observation", None)):
+            raise TypeError(f"{type(family).__name__} builds no observations from images; classify needs family.observation")
+        num_ways = int(family.action_space.n)
+        support_labels = torch.as_tensor(support_labels, dtype=torch.long, device=self.device).reshape(-1)
+        if len(support_labels) != len(support_images) or len(support_labels) == 0:
+            raise ValueError(
+                f"need one label per support image, got {len(support_labels)} labels for {len(support_images)} images"
+            )
+        if int(support_labels.min()) < 0 or int(support_labels.max()) >= num_ways:
+            raise ValueError(f"support labels must lie in [0, {num_ways}), got {sorted(set(support_labels.tolist()))}")
+        support = support_images.to(self.device, torch.float32).flatten(1)
+        query = query_images.to(self.device, torch.float32).flatten(1)
+        mode = self.policy.action_dist.mode
+        hidden = self.policy.initial_hidden(1, self.device)
+        previous_label = torch.full((1,), -1, dtype=torch.long, device=self.device)
+        action_features = torch.zeros(1, num_ways, device=self.device)
+        reward, ended = torch.zeros(1, device=self.device), torch.zeros(1, dtype=torch.bool, device=self.device)
+        for image, label in zip(support, support_labels, strict=True):  # one step per support image (evaluation, not a rollout)
+            obs = trial_observation(family.observation(image.unsqueeze(0), previous_label), action_features, reward, ended)
+            out = self.policy(obs, hidden)
+            action = mode(out.dist_params)
+            hidden, previous_label = out.hidden, label.reshape(1)
+            action_features = (action.unsqueeze(-1) == torch.arange(num_ways, device=self.device)).float()
+            reward = (action == label).float()
+        q = len(query)
+        obs = trial_observation(
+            family.observation(query, previous_label.expand(q)), action_features.expand(q, -1), reward.expand(q), ended.expand(q)
+        )
+        logits = self.policy(obs, hidden.expand(q, -1)).dist_params
+        present = (support_labels.unsqueeze(1) == torch.arange(num_ways, device=self.device)).any(0)
+        return logits.masked_fill(~present, -torch.inf).argmax(-1)
 
     # --- state ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

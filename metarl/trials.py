@@ -27,6 +27,17 @@ from metarl.env import StepOutput, TensorEnv, TensorEnvView
 from metarl.validation import check_positive_int
 
 
+def trial_observation(
+    obs: torch.Tensor, action_features: torch.Tensor, reward: torch.Tensor, ended: torch.Tensor
+) -> torch.Tensor:
+    """RL²'s input ``[obs, previous action features, previous reward, previous episode-end flag]``, batched ``(n, ...)``.
+
+    The one place that fixes the layout; :class:`TrialEnv` builds every
+    observation with it, and so can code that feeds a trained RL² policy by hand.
+    """
+    return torch.cat([obs, action_features, reward.unsqueeze(-1), ended.to(obs.dtype).unsqueeze(-1)], dim=-1)
+
+
 class TrialEnv(TensorEnvView):
     """``env`` with trials of ``episodes_per_trial`` episodes and RL²'s augmented observations."""
 
@@ -65,9 +76,6 @@ class TrialEnv(TensorEnvView):
             return action.float()
         return (action.unsqueeze(-1) == torch.arange(self._num_actions, device=action.device)).float()
 
-    def _augment(self, obs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor, ended: torch.Tensor) -> torch.Tensor:
-        return torch.cat([obs, action, reward.unsqueeze(-1), ended.float().unsqueeze(-1)], dim=-1)
-
     def reset(self, seed: int | None = None) -> torch.Tensor:
         """Start a new trial in every env (same tasks)."""
         obs = self.env.reset(seed=seed)
@@ -76,7 +84,7 @@ class TrialEnv(TensorEnvView):
         self._trial_length = torch.zeros_like(self._trial_length)
         width = self._num_actions or int(np.prod(self.single_action_space.shape))
         no_action = torch.zeros(self.num_envs, width, device=self.device)
-        return self._augment(
+        return trial_observation(
             obs, no_action, torch.zeros_like(self._trial_return), torch.zeros_like(self.episode_index, dtype=torch.bool)
         )
 
@@ -94,8 +102,8 @@ class TrialEnv(TensorEnvView):
         features = self._action_features(torch.as_tensor(action, device=self.device))
         # The first observation of a new trial carries no previous action, reward or flag.
         keep = running.float().unsqueeze(-1)
-        next_obs = self._augment(out.obs, features * keep, out.reward * running, ended & running)
-        final_obs = self._augment(out.final_obs, features, out.reward, ended)
+        next_obs = trial_observation(out.obs, features * keep, out.reward * running, ended & running)
+        final_obs = trial_observation(out.final_obs, features, out.reward, ended)
         return StepOutput(
             obs=next_obs,
             reward=out.reward,

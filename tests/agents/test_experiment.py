@@ -213,6 +213,23 @@ def test_protonet_run_on_omniglot_scores_accuracy_and_the_one_shot_runs(tmp_path
     assert config.agent.env_kwargs == {"split": "minimal", "num_ways": 20, "root": str(OMNIGLOT), "image_size": 16}
 
 
+@pytest.mark.skipif(not (OMNIGLOT / "all_runs.zip").is_file(), reason="the minimal Omniglot files are not beside the repository")
+def test_rl2_answers_the_one_shot_runs_only_with_twenty_ways() -> None:
+    from agents.experiment import one_shot_runs_error
+    from agents.ppo import PPOSettings
+    from agents.rl2 import RL2, RL2Config
+
+    def rl2(ways: int) -> RL2:
+        kwargs = {"split": "minimal", "num_ways": ways, "root": str(OMNIGLOT), "image_size": 16}
+        ppo = PPOSettings(num_minibatches=2, epochs=1)
+        return RL2(RL2Config(env_id="metarl/OmniglotBandit-v0", env_kwargs=kwargs, num_envs=4, hidden_size=16, ppo=ppo))
+
+    score = one_shot_runs_error(rl2(20))
+    assert score is not None and len(score.run_errors) == 20
+    assert all(0.0 <= e <= 1.0 for e in score.run_errors)  # fractions misclassified
+    assert one_shot_runs_error(rl2(5)) is None  # a 5-way policy cannot name 20 classes
+
+
 def test_reptile_run_is_evaluated_against_ppo_from_scratch(tmp_path: Path) -> None:
     from agents.ppo import PPOSettings
     from agents.reptile import ReptileConfig

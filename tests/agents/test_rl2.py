@@ -129,3 +129,43 @@ def test_rl2_runs_on_the_omniglot_bandit_as_a_memory_based_learner() -> None:
     tasks = agent.family.task_space.sample(4, generator=torch.Generator().manual_seed(0), split="test")
     curve = agent.adaptation_curve(tasks, 0, torch.Generator().manual_seed(1))
     assert curve.shape == (1, 4) and bool(((curve >= 0) & (curve <= 6)).all())
+
+
+def test_rl2_classify_answers_from_the_memory_a_played_support_set_leaves() -> None:
+    """classify plays the support set as the trial's first steps; its first answer is the env rollout's first query action.
+
+    Later queries are answered independently (no query's label reaches another), so each
+    answer is the same whether the query images come together or one at a time.
+    """
+    from envs.omniglot import synthetic_glyph_classes
+
+    size, ways = 12, 4
+    kwargs = {"classes": synthetic_glyph_classes(6, 6, image_size=size), "image_size": size, "num_ways": ways}
+    settings = {k: v for k, v in TINY.items() if k != "env_kwargs"}
+    agent = RL2(RL2Config(env_id="metarl/OmniglotBandit-v0", env_kwargs=kwargs, **settings))
+    agent.meta_train_step()  # any weights do; one update moves them off their initial values
+    env = agent._trial_env(1, 1, seed=5)
+    env.set_tasks(agent.family.task_space.sample(1, generator=torch.Generator().manual_seed(0), split="test"))
+    obs = env.reset(seed=5)
+    hidden = agent.policy.initial_hidden(1, "cpu")
+    images, labels, actions = [], [], []
+    with torch.no_grad():
+        for _ in range(env.max_trial_steps):
+            images.append(obs[0, : size * size].reshape(1, size, size))
+            labels.append(int(env.env.step_info()["label"][0]))
+            out = agent.policy(obs, hidden)
+            action = agent.policy.action_dist.mode(out.dist_params)
+            actions.append(int(action[0]))
+            obs, hidden = env.step(action).obs, out.hidden
+    support, query = torch.stack(images[:ways]), torch.stack(images[ways:])
+    answers = agent.classify(support, torch.tensor(labels[:ways]), query)
+    assert answers.shape == (ways,) and int(answers[0]) == actions[ways]
+    one_at_a_time = [int(agent.classify(support, torch.tensor(labels[:ways]), query[j : j + 1])[0]) for j in range(ways)]
+    assert one_at_a_time == answers.tolist()
+    # Only labels present in the support set can be answered.
+    assert set(agent.classify(support[:2], torch.tensor([0, 1]), query).tolist()) <= {0, 1}
+    with pytest.raises(ValueError, match=r"support labels must lie in \[0, 4\)"):
+        agent.classify(support, torch.tensor([0, 1, 2, 7]), query)
+    bandit = RL2(RL2Config(**TINY))
+    with pytest.raises(TypeError, match="builds no observations from images"):
+        bandit.classify(support, torch.tensor(labels[:ways]), query)
