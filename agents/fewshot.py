@@ -292,13 +292,16 @@ class ProtoNetConfig(ConvLearnerConfig):
     meta_batch_size: int = 1
     """Episodes per update (their losses are averaged)."""
     lr: float = 1e-3
-    """Adam step size."""
+    """Adam step size (at the start, see ``lr_halving_updates``)."""
+    lr_halving_updates: int | None = None
+    """Halve the step size every this many updates (Snell et al.: every 2000 episodes); None keeps it constant."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_positive_int("meta_batch_size", self.meta_batch_size)
-        if self.train_ways is not None:
-            check_positive_int("train_ways", self.train_ways)
+        for name in ("train_ways", "lr_halving_updates"):
+            if getattr(self, name) is not None:
+                check_positive_int(name, getattr(self, name))
         _check_positive("lr", self.lr)
 
 
@@ -336,6 +339,11 @@ class ProtoNet:
         protos = prototypes(embeddings[:, :num_support], episodes.support_labels, episodes.num_ways)
         return prototype_logits(embeddings[:, num_support:], protos)
 
+    def learning_rate(self) -> float:
+        """The step size of the next update: ``lr`` halved once per ``lr_halving_updates`` updates done."""
+        every = self.config.lr_halving_updates
+        return self.config.lr * (0.5 ** (self.iteration // every) if every else 1.0)
+
     def meta_train_step(self) -> dict[str, float]:
         """One Adam step on the query cross-entropy of ``meta_batch_size`` fresh training episodes."""
         began = time.perf_counter()
@@ -344,6 +352,9 @@ class ProtoNet:
         sampled = time.perf_counter()
         logits = self.logits(dict(self.net.named_parameters()), episodes)
         loss = F.cross_entropy(logits.flatten(0, 1), episodes.query_labels.flatten())
+        lr = self.learning_rate()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
@@ -353,6 +364,7 @@ class ProtoNet:
         return {
             "loss": float(loss.detach()),
             "query_accuracy": float(accuracy),
+            "lr": lr,
             "seconds_sampling": sampled - began,
             "seconds_update": done - sampled,
             "seconds": done - began,

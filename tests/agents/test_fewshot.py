@@ -251,6 +251,17 @@ def test_protonet_trains_with_more_ways_than_it_tests() -> None:
     assert agent.query_accuracy(held_out(agent), torch.Generator().manual_seed(0)).shape == (8,)
 
 
+def test_protonet_learning_rate_halves_on_schedule_and_resumes_with_it() -> None:
+    agent = protonet(lr=0.01, lr_halving_updates=2)
+    rates = [agent.meta_train_step()["lr"] for _ in range(5)]
+    assert rates == pytest.approx([0.01, 0.01, 0.005, 0.005, 0.0025])
+    assert agent.optimizer.param_groups[0]["lr"] == pytest.approx(0.0025)  # the step just taken used it
+    resumed = protonet(lr=0.01, lr_halving_updates=2)
+    resumed.load_state_dict(agent.state_dict())
+    assert resumed.meta_train_step()["lr"] == agent.meta_train_step()["lr"] == pytest.approx(0.0025)
+    assert protonet(lr=0.01).meta_train_step()["lr"] == 0.01  # no schedule: constant
+
+
 # --- evaluation and classify -----------------------------------------------------------------
 
 
@@ -358,6 +369,7 @@ def test_resume_continues_bit_identically(make) -> None:
         (lambda: FewShotMAMLConfig(outer_lr=0), "outer_lr must be a positive finite number, got 0"),
         (lambda: FewShotMAMLConfig(inner_lr=float("nan")), "inner_lr must be a positive finite number, got nan"),
         (lambda: ProtoNetConfig(train_ways=0), "train_ways must be a positive int, got 0"),
+        (lambda: ProtoNetConfig(lr_halving_updates=0), "lr_halving_updates must be a positive int, got 0"),
         (lambda: FewShotMAMLConfig(env_kwargs={"num_ways": 0}), r"env_kwargs\['num_ways'\] must be a positive int, got 0"),
         (lambda: FewShotMAMLConfig(inner_steps=-1), "inner_steps must be a non-negative int, got -1"),
         (lambda: FewShotMAMLConfig(feedback="rewards"), "feedback must be 'labels' or 'reward', got 'rewards'"),
