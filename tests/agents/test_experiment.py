@@ -17,7 +17,7 @@ import torch
 
 import envs  # noqa: F401
 import metarl
-from agents.experiment import TrainConfig, load_run_config, train
+from agents.experiment import TrainConfig, load_run_config, make_agent, train
 from agents.maml import MAMLConfig
 from metarl.checkpoint import latest_checkpoint, load_checkpoint
 from metarl.evaluation import EvalConfig
@@ -200,7 +200,8 @@ OMNIGLOT = ROOT.parent / "shared" / "data" / "omniglot"
 def test_protonet_run_on_omniglot_scores_accuracy_and_the_one_shot_runs(tmp_path: Path, load_script) -> None:
     """Through train_metarl.py's CLI: 20-way ProtoNet on the minimal split, ≥ 600 held-out tasks, the 20 official runs."""
     flags = ["--iterations", "2", "--run-dir", str(tmp_path / "run"), "--no-progress", *RUN_FLAGS[2:]]
-    agent = ["protonet", "--env-kwargs", "split", "minimal", "num_ways", "20", "root", str(OMNIGLOT), "image_size", "16"]
+    kwargs = ["split", "minimal", "num_ways", "20", "root", str(OMNIGLOT), "image_size", "16", "train_rotations", "True"]
+    agent = ["protonet", "--env-kwargs", *kwargs]
     outcome = load_script("train_metarl").main([*flags, *agent, "--width", "8"])
     result = json.loads((outcome.run_dir / "evaluation" / "adaptation.json").read_text())
     assert result["num_tasks"] == 600 and result["y_label"] == "query accuracy"
@@ -210,7 +211,10 @@ def test_protonet_run_on_omniglot_scores_accuracy_and_the_one_shot_runs(tmp_path
     saved = json.loads((outcome.run_dir / "evaluation" / "one_shot_runs.json").read_text())
     assert saved["mean_error_percent"] == pytest.approx(outcome.one_shot.mean_error_percent)
     config = load_run_config(outcome.run_dir)
-    assert config.agent.env_kwargs == {"split": "minimal", "num_ways": 20, "root": str(OMNIGLOT), "image_size": 16}
+    expected = {"split": "minimal", "num_ways": 20, "root": str(OMNIGLOT), "image_size": 16, "train_rotations": True}
+    assert config.agent.env_kwargs == expected and config.agent.env_kwargs["train_rotations"] is True
+    family = make_agent(config.agent).family  # the saved config rebuilds the rotated family
+    assert family.task_space.num_train_classes == 4 * 197  # the minimal split's 197 train characters, each rotated 3 times
 
 
 @pytest.mark.skipif(not (OMNIGLOT / "all_runs.zip").is_file(), reason="the minimal Omniglot files are not beside the repository")
