@@ -12,15 +12,20 @@ each. Then:
 - **full information vs reward only**: MAML whose inner loop sees the revealed
   labels against MAML whose inner loop sees only bandit rewards, same budget.
 
-Learners: ProtoNet (metric-based), FewShotMAML with label or reward feedback,
+Learners: ProtoNet (metric-based; ``protonet-rotations`` adds each training
+character rotated by 90, 180 and 270 degrees as extra training classes),
+FewShotMAML with label or reward feedback,
 Reptile (the same network and inner loop, Reptile's outer update),
 RL² (memory-based, the GRU reads the previous label in its observation), and a
-nearest-neighbour-on-pixels reference. RL² is scored on held-out 5-way tasks
-only: the official runs are not episodes of its trained length.
+nearest-neighbour-on-pixels reference. Every learner answers through
+``classify(support, labels, query)``, each query on its own; RL² plays the
+support set as the first steps of a trial and answers each query from the
+memory it left (:meth:`agents.rl2.RL2.classify`), so a 20-way RL² takes the
+official runs like the others.
 
 Run::
 
-    python scripts/bench_omniglot.py                      # minimal split, ~45 min on 2 cores
+    python scripts/bench_omniglot.py                      # minimal split, ~1 hour on 2 cores
     python scripts/bench_omniglot.py --split vinyals --root ~/omniglot   # full zips (1200/423 classes); a GPU helps
 
 The full split needs ``images_background.zip`` and ``images_evaluation.zip``
@@ -45,32 +50,34 @@ import metarl
 from agents.fewshot import FewShotMAML, FewShotMAMLConfig, ProtoNet, ProtoNetConfig
 from agents.ppo import PPOSettings
 from agents.rl2 import RL2, RL2Config
-from envs.omniglot import OmniglotBandit
 from envs.omniglot_data import load_one_shot_runs, score_one_shot_runs
 from metarl.evaluation import mean_ci
 from metarl.machine import machine_info
-from metarl.rollout import collect, start
 
 MINUTES = {
     "protonet": 20.0,
+    "protonet-rotations": 20.0,
     "maml-20way": 20.0,
     "maml-5way-labels": 8.0,
     "maml-5way-reward": 8.0,
     "rl2-5way": 8.0,
+    "rl2-20way": 8.0,
     "reptile-5way": 8.0,
     "reptile-20way": 8.0,
 }
 """Training budget per learner, in minutes (times ``--minutes-scale``)."""
 
 Learner = Literal[
-    "pixels", "protonet", "maml-20way", "maml-5way-labels", "maml-5way-reward", "rl2-5way", "reptile-5way", "reptile-20way"
-]
+    "pixels", "protonet", "protonet-rotations", "maml-20way", "maml-5way-labels", "maml-5way-reward", "rl2-5way",
+    "rl2-20way", "reptile-5way", "reptile-20way",
+]  # fmt: skip
 
 
 @dataclasses.dataclass
 class BenchConfig:
     learners: tuple[Learner, ...] = (
-        "pixels", "protonet", "maml-20way", "maml-5way-labels", "maml-5way-reward", "rl2-5way", "reptile-5way", "reptile-20way"
+        "pixels", "protonet", "protonet-rotations", "maml-20way", "maml-5way-labels", "maml-5way-reward", "rl2-5way", "rl2-20way",
+        "reptile-5way", "reptile-20way",
     )  # fmt: skip
     """Learners to train and score."""
     split: str = "minimal"
@@ -130,24 +137,12 @@ def nearest_pixels(support: torch.Tensor, labels: torch.Tensor, query: torch.Ten
     return labels[torch.cdist(query.flatten(1), support.flatten(1)).argmin(1)]
 
 
-def rl2_accuracy(agent: RL2, cfg: BenchConfig) -> dict[str, float]:
-    """Greedy query accuracy of an RL² agent on held-out tasks: the mean reward of its query steps."""
-    family = agent.family
-    assert isinstance(family, OmniglotBandit)
-    tasks = family.task_space.sample(cfg.eval_tasks, generator=torch.Generator().manual_seed(12345), split="test")
-    env = agent._trial_env(cfg.eval_tasks, 1, seed=1)
-    env.set_tasks(tasks)
-    params = {k: v.detach() for k, v in agent.policy.named_parameters()}
-    traj, _ = collect(env, agent.policy, params, env.max_trial_steps, start(env, agent.policy), deterministic=True)
-    support_steps = family.num_ways * family.shots
-    mean, low, high = mean_ci(traj.rewards[support_steps:].mean(0).cpu(), 0.95)
-    return {"mean": mean, "ci_low": low, "ci_high": high, "tasks": cfg.eval_tasks}
-
-
 def make_learner(name: str, cfg: BenchConfig) -> ProtoNet | FewShotMAML | RL2:
     common = dict(device=cfg.device, seed=cfg.seed)
-    if name == "protonet":  # trained with more ways than tested, as Snell et al.; 40 fit the minimal split's held-out classes
+    if name.startswith("protonet"):  # more ways in training than in tests (Snell et al.); 40 fit the 45 held-out classes
         kwargs = {**family_kwargs(cfg, 20), "queries": 5}  # Snell et al. train on 5 queries per class
+        if name.endswith("rotations"):  # rotated characters as extra training classes (Vinyals et al.'s augmentation)
+            kwargs["train_rotations"] = True
         return ProtoNet(ProtoNetConfig(env_kwargs=kwargs, train_ways=40, **common))
     if name == "maml-20way":  # the paper's 20-way setting, first order and one inner step to fit the CPU budget
         config = FewShotMAMLConfig(
@@ -164,9 +159,10 @@ def make_learner(name: str, cfg: BenchConfig) -> ProtoNet | FewShotMAML | RL2:
     if name in ("maml-5way-labels", "maml-5way-reward"):
         feedback = "labels" if name.endswith("labels") else "reward"
         return FewShotMAML(FewShotMAMLConfig(env_kwargs=family_kwargs(cfg, 5), feedback=feedback, **common))
-    if name == "rl2-5way":
+    if name.startswith("rl2"):
         ppo = PPOSettings(lr=1e-3, num_minibatches=4, epochs=4, ent_coef=0.01)
-        return RL2(RL2Config(env_id="metarl/OmniglotBandit-v0", env_kwargs=family_kwargs(cfg, 5), num_envs=64, ppo=ppo, **common))
+        kwargs = family_kwargs(cfg, 20 if name.endswith("20way") else 5)
+        return RL2(RL2Config(env_id="metarl/OmniglotBandit-v0", env_kwargs=kwargs, num_envs=64, ppo=ppo, **common))
     raise ValueError(f"unknown learner {name!r}")
 
 
@@ -185,10 +181,7 @@ def run_learner(job: tuple[str, BenchConfig]) -> dict[str, Any]:
         agent.meta_train_step()
         iterations += 1
     report.update(iterations=iterations, train_minutes=(time.perf_counter() - began) / 60)
-    if isinstance(agent, RL2):
-        report["accuracy_5way_1shot"] = rl2_accuracy(agent, cfg)
-        return report
-    if isinstance(agent, FewShotMAML) and agent.num_ways == 5:
+    if agent.family.num_ways == 5:
         report["accuracy_5way_1shot"] = accuracy(agent.classify, cfg, 5)
         return report
     report["runs_error_percent"] = runs_error(agent.classify, cfg)
