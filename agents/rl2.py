@@ -48,6 +48,8 @@ class RL2Config:
     """Trials run side by side, each on its own task."""
     hidden_size: int = 256
     """GRU width."""
+    separate_critic: bool = False
+    """Give the value head a GRU of its own, so value regression does not shape the policy's memory."""
     gamma: float = 0.99
     """Discount within a trial."""
     gae_lambda: float = 0.3
@@ -85,7 +87,7 @@ class RL2:
         if config.ppo.bptt_length is not None and self.trial_steps % config.ppo.bptt_length:
             raise ValueError(f"ppo.bptt_length {config.ppo.bptt_length} must divide the trial length {self.trial_steps}")
         obs_dim = int(self.env.single_observation_space.shape[0])
-        policy = GRUPolicy(obs_dim, self.family.action_space, config.hidden_size)
+        policy = GRUPolicy(obs_dim, self.family.action_space, config.hidden_size, separate_critic=config.separate_critic)
         self.policy = init_parameters(policy, torch.Generator().manual_seed(config.seed)).to(self.device)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.ppo.lr, eps=1e-5)
         self.task_generator = torch.Generator().manual_seed(config.seed)

@@ -204,51 +204,84 @@ class MLPPolicy(_PolicyBase):
         return PolicyOutput(out, value, None)
 
 
+def _gru_gates(input_size: int, hidden_size: int) -> tuple[nn.Linear, nn.Linear]:
+    """The input and hidden linear layers of one GRU cell, initialised like ``nn.GRUCell``."""
+    input_gates, hidden_gates = nn.Linear(input_size, 3 * hidden_size), nn.Linear(hidden_size, 3 * hidden_size)
+    bound = 1.0 / math.sqrt(hidden_size)
+    for p in (*input_gates.parameters(), *hidden_gates.parameters()):
+        nn.init.uniform_(p, -bound, bound)
+    return input_gates, hidden_gates
+
+
+def _gru_cell(x: torch.Tensor, h: torch.Tensor, input_gates: nn.Linear, hidden_gates: nn.Linear) -> torch.Tensor:
+    """PyTorch's ``nn.GRUCell`` equations from plain linear layers, so they batch over per-task parameters
+    (``nn.GRUCell`` has no ``vmap`` rule)."""
+    i_r, i_z, i_n = task_linear(x, input_gates).chunk(3, dim=-1)
+    h_r, h_z, h_n = task_linear(h, hidden_gates).chunk(3, dim=-1)
+    reset = torch.sigmoid(i_r + h_r)
+    update = torch.sigmoid(i_z + h_z)
+    candidate = torch.tanh(i_n + reset * h_n)
+    return (1 - update) * candidate + update * h
+
+
 class GRUPolicy(_PolicyBase):
     """Recurrent policy: a GRU cell over the input, linear policy and value heads on its state.
 
-    The cell computes PyTorch's ``nn.GRUCell`` equations from its own
-    ``input``/``hidden`` linear layers, so it batches over per-task parameters
-    (``nn.GRUCell`` has no ``vmap`` rule).
+    With ``separate_critic`` the value head reads a second GRU of its own (as
+    sb3-contrib's ``RecurrentPPO`` does by default), so regressing values does
+    not shape the policy's memory; the carried state is then both GRUs'
+    states side by side, ``hidden_size`` = 2 × ``cell_size``.
     """
 
     def __init__(
-        self, obs_dim: int, action_space: spaces.Space, hidden_size: int = 128, value_head: bool = True, init_log_std: float = 0.0
+        self,
+        obs_dim: int,
+        action_space: spaces.Space,
+        hidden_size: int = 128,
+        value_head: bool = True,
+        init_log_std: float = 0.0,
+        separate_critic: bool = False,
     ) -> None:
         super().__init__()
         if hidden_size < 1:
             raise ValueError(f"hidden_size must be positive, got {hidden_size}")
-        self.hidden_size = hidden_size
+        if separate_critic and not value_head:
+            raise ValueError("separate_critic=True needs value_head=True (the second GRU feeds the value head)")
+        self.cell_size = hidden_size
+        self.hidden_size = hidden_size * (2 if separate_critic else 1)
+        self.separate_critic = separate_critic
         self.action_dist, param_dim = distribution_for(action_space)
         self.gaussian = isinstance(self.action_dist, DiagGaussian)
         out_dim = param_dim // 2 if self.gaussian else param_dim
-        self.input_gates = nn.Linear(obs_dim, 3 * hidden_size)
-        self.hidden_gates = nn.Linear(hidden_size, 3 * hidden_size)
-        bound = 1.0 / math.sqrt(hidden_size)  # nn.GRUCell's initialization
-        for p in (*self.input_gates.parameters(), *self.hidden_gates.parameters()):
-            nn.init.uniform_(p, -bound, bound)
+        self.input_gates, self.hidden_gates = _gru_gates(obs_dim, hidden_size)
+        if separate_critic:
+            self.critic_input_gates, self.critic_hidden_gates = _gru_gates(obs_dim, hidden_size)
         self.actor = nn.Linear(hidden_size, out_dim)
         if self.gaussian:
             self.log_std = nn.Parameter(torch.full((out_dim,), float(init_log_std)))
         self.critic = nn.Linear(hidden_size, 1) if value_head else None
 
-    def cell(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        i_r, i_z, i_n = task_linear(x, self.input_gates).chunk(3, dim=-1)
-        h_r, h_z, h_n = task_linear(h, self.hidden_gates).chunk(3, dim=-1)
-        reset = torch.sigmoid(i_r + h_r)
-        update = torch.sigmoid(i_z + h_z)
-        candidate = torch.tanh(i_n + reset * h_n)
-        return (1 - update) * candidate + update * h
+    def gate_layers(self) -> tuple[nn.Linear, ...]:
+        """The GRU gate layers (initialised with fan ``cell_size``, as ``nn.GRUCell`` does)."""
+        if self.separate_critic:
+            return self.input_gates, self.hidden_gates, self.critic_input_gates, self.critic_hidden_gates
+        return self.input_gates, self.hidden_gates
 
     def forward(self, obs: torch.Tensor, hidden: torch.Tensor | None = None) -> PolicyOutput:
         if hidden is None:
             hidden = obs.new_zeros(*obs.shape[:-1], self.hidden_size)
-        h = self.cell(obs, hidden)
+        if not self.separate_critic:
+            h = h_critic = _gru_cell(obs, hidden, self.input_gates, self.hidden_gates)
+        else:
+            h_actor, h_critic = hidden.split(self.cell_size, dim=-1)
+            h = _gru_cell(obs, h_actor, self.input_gates, self.hidden_gates)
+            h_critic = _gru_cell(obs, h_critic, self.critic_input_gates, self.critic_hidden_gates)
         out = task_linear(h, self.actor)
         if self.gaussian:
             out = _with_log_std(out, self.log_std)
-        value = task_linear(h, self.critic).squeeze(-1) if self.critic is not None else None
-        return PolicyOutput(out, value, h)
+        value = task_linear(h_critic, self.critic).squeeze(-1) if self.critic is not None else None
+        state = torch.cat([h, h_critic], dim=-1) if self.separate_critic else h
+        return PolicyOutput(out, value, state)
 
 
 Policy = MLPPolicy | GRUPolicy
@@ -265,7 +298,7 @@ def init_parameters(policy: nn.Module, generator: torch.Generator, scheme: str =
     """
     if scheme not in ("torch", "xavier"):
         raise ValueError(f"scheme must be 'torch' or 'xavier', got {scheme!r}")
-    gru_gates = {id(m) for m in policy.modules() if isinstance(m, GRUPolicy) for m in (m.input_gates, m.hidden_gates)}
+    gru_gates = {id(g) for m in policy.modules() if isinstance(m, GRUPolicy) for g in m.gate_layers()}
     for module in policy.modules():
         if not isinstance(module, nn.Linear):
             continue

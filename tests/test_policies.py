@@ -61,3 +61,30 @@ def test_gru_cell_matches_torch() -> None:
         reference.bias_hh.copy_(policy.hidden_gates.bias)
     x, h = torch.randn(6, 5), torch.randn(6, 8)
     torch.testing.assert_close(policy(x, h).hidden, reference(x, h))
+
+
+def test_separate_critic_has_its_own_memory() -> None:
+    """The value head reads a second GRU: the actor's outputs and memory are those of a shared-memory policy with
+    the same actor weights, whatever the critic's weights; the value is the critic GRU's, and only it moves the value."""
+    torch.manual_seed(0)
+    separate = GRUPolicy(5, spaces.Discrete(3), hidden_size=8, separate_critic=True)
+    shared = GRUPolicy(5, spaces.Discrete(3), hidden_size=8)
+    assert separate.hidden_size == 16 and separate.cell_size == 8 and separate.initial_hidden(2, "cpu").shape == (2, 16)
+    with torch.no_grad():
+        for name in ("input_gates", "hidden_gates", "actor"):
+            getattr(shared, name).load_state_dict(getattr(separate, name).state_dict())
+        shared.critic.load_state_dict(separate.critic.state_dict())
+    x, h = torch.randn(6, 5), torch.randn(6, 16)
+    out, ref = separate(x, h), shared(x, h[:, :8])
+    torch.testing.assert_close(out.dist_params, ref.dist_params)
+    torch.testing.assert_close(out.hidden[:, :8], ref.hidden)
+    with torch.no_grad():  # the critic GRU given the actor's gates and memory gives the shared policy's value
+        separate.critic_input_gates.load_state_dict(separate.input_gates.state_dict())
+        separate.critic_hidden_gates.load_state_dict(separate.hidden_gates.state_dict())
+    torch.testing.assert_close(separate(x, torch.cat([h[:, :8], h[:, :8]], 1)).value, ref.value)
+    assert not torch.allclose(separate(x, h).value, ref.value)  # ... and its own memory gives another
+    dist_grad = torch.autograd.grad(separate(x, h).dist_params.sum(), separate.critic_input_gates.weight, allow_unused=True)[0]
+    assert dist_grad is None  # the policy's output does not depend on the critic's GRU
+    assert len(separate.gate_layers()) == 4
+    with pytest.raises(ValueError, match="separate_critic=True needs value_head=True"):
+        GRUPolicy(5, spaces.Discrete(3), value_head=False, separate_critic=True)

@@ -21,13 +21,15 @@ def _chunks(x: torch.Tensor, length: int) -> torch.Tensor:
     return _task_columns(x, length, 1)[:, 0]
 
 
-def test_replayed_chunks_reproduce_the_rollout() -> None:
+@pytest.mark.parametrize("separate_critic", [False, True])
+def test_replayed_chunks_reproduce_the_rollout(separate_critic: bool) -> None:
     """Truncated-BPTT chunks started from the stored memory give exactly the rollout's distributions."""
     env = metarl.make_env("metarl/BernoulliBandit-v0", num_envs=3, num_arms=2, num_pulls=3, validate_actions=False)
     trials = TrialEnv(env, episodes_per_trial=2)
     trials.set_tasks(env.sample_tasks(3, generator=torch.Generator().manual_seed(0)))
     policy = init_parameters(
-        GRUPolicy(trials.single_observation_space.shape[0], trials.single_action_space, 8), torch.Generator().manual_seed(0)
+        GRUPolicy(trials.single_observation_space.shape[0], trials.single_action_space, 8, separate_critic=separate_critic),
+        torch.Generator().manual_seed(0),
     )
     traj, _ = collect(
         trials, policy, dict(policy.named_parameters()), 12, start(trials, policy, seed=0), torch.Generator().manual_seed(1)
@@ -40,14 +42,17 @@ def test_replayed_chunks_reproduce_the_rollout() -> None:
         torch.testing.assert_close(values, _chunks(traj.values, length))
 
 
-def test_meta_train_step_runs_and_resumes_exactly() -> None:
-    straight = RL2(RL2Config(**TINY))
+@pytest.mark.parametrize("separate_critic", [False, True])
+def test_meta_train_step_runs_and_resumes_exactly(separate_critic: bool) -> None:
+    config = RL2Config(**TINY, separate_critic=separate_critic)
+    straight = RL2(config)
     for _ in range(3):
         metrics = straight.meta_train_step()
     assert {"trial_return", "policy_loss", "value_loss", "entropy"} <= set(metrics)
-    first = RL2(RL2Config(**TINY))
+    assert straight.policy.hidden_size == 16 * (2 if separate_critic else 1)
+    first = RL2(config)
     first.meta_train_step()
-    resumed = RL2(RL2Config(**TINY))
+    resumed = RL2(config)
     resumed.load_state_dict(first.state_dict())
     for _ in range(2):
         resumed.meta_train_step()
