@@ -48,6 +48,8 @@ AgentConfig = (
 )
 Agent = MAML | RL2 | Reptile | ProtoNet | FewShotMAML
 FewShotLearner = ProtoNet | FewShotMAML
+EVALUATION_METRIC_PREFIXES = ("pretrained/", "eval/", "one_shot_runs/")
+"""Names of the metrics logged after meta-training (baselines, evaluation), which a resumed run logs afresh."""
 
 FEW_SHOT_EVAL_TASKS = 600
 """Few-shot accuracy is reported over at least this many held-out tasks (the MAML and ProtoNet papers' protocol)."""
@@ -152,8 +154,8 @@ def train(config: TrainConfig) -> RunOutcome:
     with RunLogger(run_dir, stored, project=config.project, comet=config.comet, resume=resuming) as logger:
         logger.log_params(dataclasses.asdict(stored))
         start = resume_agent(agent, run_dir) if resuming else 0
-        if resuming:
-            logger.truncate_metrics(start)
+        if resuming:  # evaluation (and the pretrained baseline's training) is redone after every resume
+            logger.truncate_metrics(start, drop_prefixes=EVALUATION_METRIC_PREFIXES)
         meta_train(
             agent,
             logger,

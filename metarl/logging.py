@@ -512,19 +512,22 @@ class RunLogger:
             f.write(f"[step {step}] {text}\n" if step is not None else f"{text}\n")
         self._comet_call("log_text", text, step=step, metadata=dict(metadata) if metadata else None)
 
-    def truncate_metrics(self, after_step: int) -> int:
+    def truncate_metrics(self, after_step: int, drop_prefixes: tuple[str, ...] = ()) -> int:
         """Drop the rows of ``metrics.jsonl`` whose step is greater than ``after_step``; returns how many.
 
         Call it when resuming from a checkpoint taken at ``after_step``: the
-        steps after it are about to be logged again. The file is rewritten
-        atomically, and a truncated last line left by a kill is dropped too.
+        steps after it are about to be logged again. Rows holding a metric
+        whose name starts with one of ``drop_prefixes`` go too, whatever their
+        step: those of a phase that a resumed run redoes from its start (e.g.
+        the evaluation after training). The file is rewritten atomically, and a
+        truncated last line left by a kill is dropped too.
         """
         self._check_open()
         path = self.run_dir / METRICS_FILE
         self._metrics_file.close()
         try:
             rows = _read_metrics_lines(path)
-            kept = [row for row in rows if row["step"] <= after_step]
+            kept = [row for row in rows if row["step"] <= after_step and not any(k.startswith(drop_prefixes) for k in row)]
             _write_metrics_lines(path, kept)
         finally:
             self._metrics_file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()

@@ -164,6 +164,19 @@ def test_metrics_jsonl_rows_and_resume_truncation(tmp_path):
     assert [r["loss"] for r in rows] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, -6.0, -7.0, -8.0, -9.0]
 
 
+def test_resume_drops_the_rows_of_a_phase_it_redoes(tmp_path):
+    """Rows of the evaluation phase (by metric-name prefix) go whatever their step; training rows stay."""
+    run = tmp_path / "run"
+    with RunLogger(run, {}, comet="off") as logger:
+        for step in range(3):
+            logger.log_metrics({"loss": float(step)}, step=step)
+        logger.log_metrics({"pretrained/loss": 9.0}, step=1)
+        logger.log_metrics({"eval/MAML/step_0": -40.0}, step=2)
+    with RunLogger(run, {}, comet="off", resume=True) as logger:
+        assert logger.truncate_metrics(after_step=2, drop_prefixes=("pretrained/", "eval/")) == 2
+    assert [(r["step"], r["loss"]) for r in read_metrics(run)] == [(0, 0.0), (1, 1.0), (2, 2.0)]
+
+
 def test_resume_repairs_a_line_cut_by_a_kill(tmp_path):
     run = tmp_path / "run"
     with RunLogger(run, {}, comet="off") as logger:

@@ -248,3 +248,5 @@ def test_reptile_run_is_evaluated_against_ppo_from_scratch(tmp_path: Path) -> No
     assert [m["step"] for m in metrics if "return_before_adaptation" in m] == [1, 2]
     resumed = train(dataclasses.replace(tiny_config(tmp_path / "other"), resume=outcome.run_dir, iterations=3))
     assert load_checkpoint(resumed.checkpoint)["iteration"] == 2  # resume keeps the run's own config (2 iterations)
+    metrics = [json.loads(line) for line in (outcome.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert sum(any(k.startswith("eval/") for k in m) for m in metrics) == 1  # evaluated again, logged once
