@@ -54,6 +54,13 @@ class BenchConfig:
     """GRU width."""
     lr: float = 1e-3
     """PPO step size."""
+    vf_coef: float = 0.02
+    """Value-loss weight. The GRU is shared by the policy and value heads; at 0.5 the value regression
+    dominates it and RL² stays at random level on 100-pull trials (BENCHMARKS.md)."""
+    ent_coef: float = 0.01
+    """Entropy bonus."""
+    separate_critic: bool = False
+    """Give the value head its own GRU instead (twice the compute per step)."""
     num_tasks: int = 1000
     """Held-out tasks scored per setting."""
     trials_per_task: int = 2
@@ -77,8 +84,9 @@ def run_setting(name: str, config: BenchConfig) -> dict[str, object]:
             episodes_per_trial=episodes,
             num_envs=config.num_envs,
             hidden_size=config.hidden_size,
+            separate_critic=config.separate_critic,
             eval_envs_per_task=config.trials_per_task,
-            ppo=PPOSettings(lr=config.lr),
+            ppo=PPOSettings(lr=config.lr, vf_coef=config.vf_coef, ent_coef=config.ent_coef),
             device=config.device,
             seed=config.seed,
         )
