@@ -131,6 +131,7 @@ def test_sb3_ppo_learns_cartpole() -> None:
     """
     from stable_baselines3 import PPO
     from stable_baselines3.common.evaluation import evaluate_policy
+    from stable_baselines3.common.logger import Logger
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a tiny MLP: extra threads only contend on a small shared CPU
@@ -150,6 +151,7 @@ def test_sb3_ppo_learns_cartpole() -> None:
             clip_range=0.2,
             device="cpu",
         )
+        model.set_logger(Logger(folder=None, output_formats=[]))  # else learn() leaves an SB3-<time> folder in the temp dir
         model.learn(30_000)
         assert len(model.ep_info_buffer) > 0 and {"r", "l"} <= set(model.ep_info_buffer[0])
         eval_env = SB3VecEnv(metarl.make_env("metarl/CartPole-v0", num_envs=8, seed=1))
