@@ -30,7 +30,7 @@ from metarl.policies import GRUPolicy, init_parameters
 from metarl.returns import gae, next_values
 from metarl.rollout import collect, start
 from metarl.tasks import Tasks
-from metarl.trials import TrialEnv, trial_observation
+from metarl.trials import TrialEnv, action_features, trial_observation
 from metarl.validation import check_positive_int
 
 
@@ -186,18 +186,18 @@ class RL2:
         mode = self.policy.action_dist.mode
         hidden = self.policy.initial_hidden(1, self.device)
         previous_label = torch.full((1,), -1, dtype=torch.long, device=self.device)
-        action_features = torch.zeros(1, num_ways, device=self.device)
+        features = torch.zeros(1, num_ways, device=self.device)
         reward, ended = torch.zeros(1, device=self.device), torch.zeros(1, dtype=torch.bool, device=self.device)
         for image, label in zip(support, support_labels, strict=True):  # one step per support image (evaluation, not a rollout)
-            obs = trial_observation(family.observation(image.unsqueeze(0), previous_label), action_features, reward, ended)
+            obs = trial_observation(family.observation(image.unsqueeze(0), previous_label), features, reward, ended)
             out = self.policy(obs, hidden)
             action = mode(out.dist_params)
             hidden, previous_label = out.hidden, label.reshape(1)
-            action_features = (action.unsqueeze(-1) == torch.arange(num_ways, device=self.device)).float()
+            features = action_features(action, num_ways)
             reward = (action == label).float()
         q = len(query)
         obs = trial_observation(
-            family.observation(query, previous_label.expand(q)), action_features.expand(q, -1), reward.expand(q), ended.expand(q)
+            family.observation(query, previous_label.expand(q)), features.expand(q, -1), reward.expand(q), ended.expand(q)
         )
         logits = self.policy(obs, hidden.expand(q, -1)).dist_params
         present = (support_labels.unsqueeze(1) == torch.arange(num_ways, device=self.device)).any(0)

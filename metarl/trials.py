@@ -38,6 +38,13 @@ def trial_observation(
     return torch.cat([obs, action_features, reward.unsqueeze(-1), ended.to(obs.dtype).unsqueeze(-1)], dim=-1)
 
 
+def action_features(action: torch.Tensor, num_actions: int | None) -> torch.Tensor:
+    """How a previous action enters RL²'s input: one-hot over ``num_actions`` for discrete actions, else as floats."""
+    if num_actions is None:
+        return action.float()
+    return (action.unsqueeze(-1) == torch.arange(num_actions, device=action.device)).float()
+
+
 class TrialEnv(TensorEnvView):
     """``env`` with trials of ``episodes_per_trial`` episodes and RL²'s augmented observations."""
 
@@ -71,11 +78,6 @@ class TrialEnv(TensorEnvView):
         limit = self.env.family.max_episode_steps
         return None if limit is None else limit * self.episodes_per_trial
 
-    def _action_features(self, action: torch.Tensor) -> torch.Tensor:
-        if self._num_actions is None:
-            return action.float()
-        return (action.unsqueeze(-1) == torch.arange(self._num_actions, device=action.device)).float()
-
     def reset(self, seed: int | None = None) -> torch.Tensor:
         """Start a new trial in every env (same tasks)."""
         obs = self.env.reset(seed=seed)
@@ -99,7 +101,7 @@ class TrialEnv(TensorEnvView):
         running = ~trial_end
         self._trial_return = trial_return * running
         self._trial_length = trial_length * running
-        features = self._action_features(torch.as_tensor(action, device=self.device))
+        features = action_features(torch.as_tensor(action, device=self.device), self._num_actions)
         # The first observation of a new trial carries no previous action, reward or flag.
         keep = running.float().unsqueeze(-1)
         next_obs = trial_observation(out.obs, features * keep, out.reward * running, ended & running)
