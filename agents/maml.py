@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import torch
@@ -64,6 +65,10 @@ class MAMLConfig:
     """Inner-loop step size (the initial value when learned)."""
     first_order: bool = False
     """Drop second-order terms (FOMAML)."""
+    inner_objective: Literal["reinforce", "lvc"] = "reinforce"
+    """Inner loss: 'reinforce' (the paper's log-likelihood form) or 'lvc' (ProMP's low-variance curvature form,
+    Rothfuss et al. 2018: the same inner step, but the second-order meta-gradient also credits the pre-update
+    policy for the samples it collects)."""
     learn_inner_lr: bool = False
     """Meta-learn one inner step size per parameter (Meta-SGD)."""
     inner_loop: Literal["batched", "looped"] = "batched"
@@ -80,6 +85,9 @@ class MAMLConfig:
     """TRPO: line-search steps."""
     ls_backtrack: float = 0.8
     """TRPO: line-search shrink factor."""
+    fisher_subsample: int = 1
+    """TRPO: Fisher-vector products on every k-th time step of each rollout (OpenAI Baselines' TRPO: every 5th
+    sample); the gradient and the line search's KL check use all samples."""
     ppo_epochs: int = 5
     """PPO: outer epochs per meta-iteration."""
     ppo_clip: float = 0.2
@@ -106,7 +114,7 @@ class MAMLConfig:
     """Seed of every generator the agent owns (on the command line: train_metarl.py's --seed)."""
 
     def __post_init__(self) -> None:
-        positive_ints = ("meta_batch_size", "episodes_per_task", "cg_iters", "ls_max_steps", "ppo_epochs")
+        positive_ints = ("meta_batch_size", "episodes_per_task", "cg_iters", "ls_max_steps", "ppo_epochs", "fisher_subsample")
         for name in positive_ints:
             check_positive_int(name, getattr(self, name))
         if self.horizon is not None and (not isinstance(self.horizon, int) or self.horizon < 1):
@@ -127,6 +135,8 @@ class MAMLConfig:
             raise ValueError(f"init must be 'xavier' or 'torch', got {self.init!r}")
         if self.inner_loop not in ("batched", "looped"):
             raise ValueError(f"inner_loop must be 'batched' or 'looped', got {self.inner_loop!r}")
+        if self.inner_objective not in ("reinforce", "lvc"):
+            raise ValueError(f"inner_objective must be 'reinforce' or 'lvc', got {self.inner_objective!r}")
         if self.outer not in ("trpo", "ppo"):
             raise ValueError(f"outer must be 'trpo' or 'ppo', got {self.outer!r}")
         if any(h < 1 for h in self.hidden_sizes):
@@ -144,6 +154,15 @@ class _Batch:
     advantages: torch.Tensor
     mask: torch.Tensor  # 1 for samples of each env's first episode
     returns: torch.Tensor  # (M,) mean episode return per task
+
+    def every_kth_step(self, k: int, envs_per_task: int) -> _Batch:
+        """Every ``k``-th time step of every env (samples are ordered time-major within a task)."""
+
+        def pick(x: torch.Tensor) -> torch.Tensor:
+            return x.unflatten(1, (-1, envs_per_task))[:, ::k].flatten(1, 2)
+
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return _Batch(**{name: v if name == "returns" else pick(v) for name, v in fields.items()})
 
 
 class MAML:
@@ -231,9 +250,18 @@ class MAML:
     def _task_loss(
         self, params: Params, obs: torch.Tensor, actions: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
-        """The inner (REINFORCE) loss of one task's samples under one set of parameters."""
+        """The inner loss of one task's samples under one set of parameters.
+
+        Both objectives have the same value and gradient, so the inner step is
+        the same; LVC's likelihood ratio ``pi / stop_grad(pi)`` adds
+        ``grad log pi grad log pi^T A`` to the Hessian that second-order
+        meta-gradients differentiate through.
+        """
         dist_params = functional_call(self.policy, params, (obs, None)).dist_params
-        return reinforce_loss(self.policy.action_dist.log_prob(dist_params, actions), advantages, mask)
+        log_probs = self.policy.action_dist.log_prob(dist_params, actions)
+        if self.config.inner_objective == "lvc":
+            return surrogate_loss(log_probs, log_probs.detach(), advantages, mask)
+        return reinforce_loss(log_probs, advantages, mask)
 
     def _adapt(self, params: Params, lrs: Params, batch: _Batch, first_order: bool) -> Params:
         """One inner policy-gradient step on every task: per-task parameters ``(M, ...)``.
@@ -287,6 +315,40 @@ class MAML:
         return inner, batch
 
     # --- the outer loop ---------------------------------------------------------------
+    def _outputs_fn(
+        self, inner: list[_Batch], valid: _Batch, exact_at: tuple[Params, list[_Batch]] | None = None
+    ) -> Callable[[Params], torch.Tensor]:
+        """The adapted policies' distribution parameters on ``valid``'s samples, as a function of the outer parameters.
+
+        With ``exact_at=(outer, full_inner)``, the adaptation replayed on a
+        subsample ``inner`` is shifted by a constant so that at ``outer`` it
+        gives the adapted parameters of ``full_inner``: the subsample then only
+        approximates the adaptation's Jacobian, not the point it is taken at.
+        """
+        shift: Params = {}
+        if exact_at is not None and inner:
+            point = {k: v.detach() for k, v in exact_at[0].items()}
+            exact, approximate = self._replay_adaptation(point, exact_at[1]), self._replay_adaptation(point, inner)
+            shift = {k: (exact[k] - approximate[k]).detach() for k in exact}
+
+        def outputs(outer: Params) -> torch.Tensor:
+            adapted = self._replay_adaptation(outer, inner)
+            if shift:
+                adapted = {k: v + shift[k] for k, v in adapted.items()}
+            flat_obs = valid.obs.flatten(0, 1)
+            return policy_forward(self.policy, adapted, flat_obs).dist_params.reshape(*valid.obs.shape[:2], -1)
+
+        return outputs
+
+    def _kl_fn(self, valid: _Batch) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Mean KL(new || sampling policy) on ``valid``'s samples, as TRPO's reference implementations measure it."""
+        dist = self.policy.action_dist
+
+        def kl(new_dist_params: torch.Tensor) -> torch.Tensor:
+            return masked_mean(dist.kl(new_dist_params, valid.dist_params), valid.mask).mean()
+
+        return kl
+
     def meta_train_step(self) -> dict[str, float]:
         """One meta-iteration; returns pre-/post-adaptation returns and optimiser statistics."""
         cfg = self.config
@@ -298,24 +360,31 @@ class MAML:
         sampled = time.perf_counter()
         dist = self.policy.action_dist
 
-        def outputs(outer: Params) -> torch.Tensor:
-            """The adapted policies' distribution parameters on the validation samples."""
-            adapted = self._replay_adaptation(outer, inner)
-            flat_obs = valid.obs.flatten(0, 1)
-            return policy_forward(self.policy, adapted, flat_obs).dist_params.reshape(*valid.obs.shape[:2], -1)
+        outputs, kl = self._outputs_fn(inner, valid), self._kl_fn(valid)
 
         def surrogate(outer: Params) -> torch.Tensor:
             log_probs = dist.log_prob(outputs(outer), valid.actions)
             return surrogate_loss(log_probs, valid.log_probs, valid.advantages, valid.mask).mean()
 
-        def kl(new_dist_params: torch.Tensor) -> torch.Tensor:
-            # KL(new || sampling policy), as TRPO's reference implementations measure it.
-            return masked_mean(dist.kl(new_dist_params, valid.dist_params), valid.mask).mean()
-
         params = self._outer_params()
         if cfg.outer == "trpo":
+            fisher = None
+            if cfg.fisher_subsample > 1:
+                k, envs = cfg.fisher_subsample, cfg.episodes_per_task
+                fisher_valid = valid.every_kth_step(k, envs)
+                fisher_inner = [b.every_kth_step(k, envs) for b in inner]
+                fisher = (self._outputs_fn(fisher_inner, fisher_valid, exact_at=(params, inner)), self._kl_fn(fisher_valid))
             stats = trpo_step(
-                params, surrogate, outputs, kl, cfg.max_kl, cfg.cg_iters, cfg.cg_damping, cfg.ls_max_steps, cfg.ls_backtrack
+                params,
+                surrogate,
+                outputs,
+                kl,
+                cfg.max_kl,
+                cfg.cg_iters,
+                cfg.cg_damping,
+                cfg.ls_max_steps,
+                cfg.ls_backtrack,
+                fisher=fisher,
             )
         else:
             assert self.optimizer is not None

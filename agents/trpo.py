@@ -53,6 +53,7 @@ def trpo_step(
     cg_damping: float = 1e-5,
     ls_max_steps: int = 15,
     ls_backtrack: float = 0.8,
+    fisher: tuple[Callable[[Params], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]] | None = None,
 ) -> dict[str, float]:
     """One TRPO update of ``params`` (leaf tensors, changed in place).
 
@@ -62,6 +63,9 @@ def trpo_step(
             samples, as a pure function of ``params`` (``torch.func``-transformable:
             it may use ``torch.func.grad`` inside, e.g. MAML's adaptation).
         kl_fn: mean KL from the sampling policy to the given outputs.
+        fisher: ``(outputs_fn, kl_fn)`` on a subsample of the samples, used
+            only for the Fisher-vector products (OpenAI Baselines' TRPO uses
+            every 5th sample); the line search still checks the full KL.
 
     The Fisher-vector products use the Gauss-Newton form ``J^T H J v``: ``J``
     is the Jacobian of ``outputs_fn`` (a ``torch.func.jvp``, and a
@@ -77,13 +81,14 @@ def trpo_step(
     leaves = [params[n] for n in names]
     loss = loss_fn(params)
     grads = flat(torch.autograd.grad(loss, leaves))
+    fisher_outputs_fn, fisher_kl_fn = fisher or (outputs_fn, kl_fn)
     point = {n: p.detach() for n, p in params.items()}
-    outputs, pullback = torch.func.vjp(outputs_fn, point)
+    outputs, pullback = torch.func.vjp(fisher_outputs_fn, point)
     outputs = outputs.detach().requires_grad_()
-    kl_grad = torch.autograd.grad(kl_fn(outputs), outputs, create_graph=True)[0]
+    kl_grad = torch.autograd.grad(fisher_kl_fn(outputs), outputs, create_graph=True)[0]
 
     def fisher_vector(v: torch.Tensor) -> torch.Tensor:
-        _, jv = torch.func.jvp(outputs_fn, (point,), (unflat(v, point),))
+        _, jv = torch.func.jvp(fisher_outputs_fn, (point,), (unflat(v, point),))
         hjv = torch.autograd.grad(kl_grad, outputs, jv, retain_graph=True)[0]
         return flat(pullback(hjv)[0]) + cg_damping * v
 

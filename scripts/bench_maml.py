@@ -27,6 +27,7 @@ Run::
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import statistics
 import time
@@ -64,6 +65,8 @@ class BenchConfig:
     """Inner-loop implementations to time."""
     meta_batch_sizes: tuple[int, ...] = (20,)
     """Tasks per meta-batch to time."""
+    fisher_subsamples: tuple[int, ...] = (1, 5)
+    """TRPO Fisher-vector products on every k-th time step, for each k to time (1: all samples)."""
     speed_iterations: int = 5
     """Timed meta-iterations per configuration (after one warm-up iteration)."""
     minutes: float = 30.0
@@ -80,6 +83,10 @@ class BenchConfig:
     """Learning run: meta-learn the inner step sizes (Meta-SGD) instead of the fixed 0.1."""
     learn_log_std: bool = True
     """Learning run: meta-learn the policy's log-std (False: keep it at its initial value)."""
+    inner_objective: Literal["reinforce", "lvc"] = "reinforce"
+    """Learning run: the inner loss ('lvc': ProMP's low-variance curvature objective)."""
+    fisher_subsample: int = 1
+    """Learning run: TRPO Fisher-vector products on every k-th time step."""
     run_dir: Path = Path("runs/bench_maml")
     """Where the learning run writes its run directory (config, metrics, evaluation, Comet)."""
     json_out: Path | None = None
@@ -88,23 +95,26 @@ class BenchConfig:
 
 def measure_speed(config: BenchConfig) -> list[dict[str, object]]:
     rows = []
-    for tasks in config.meta_batch_sizes:
-        for inner_loop in config.inner_loops:
-            agent = MAML(MAMLConfig(meta_batch_size=tasks, inner_loop=inner_loop, device=config.device, seed=config.seed))
-            agent.meta_train_step()  # warm-up
-            runs = [agent.meta_train_step() for _ in range(config.speed_iterations)]
-            row = {"meta_batch_size": tasks, "inner_loop": inner_loop}
-            for key in ("seconds_sampling", "seconds_update"):
-                row[key] = statistics.median(r[key] for r in runs)
-            row["seconds_per_iteration"] = statistics.median(r["seconds_sampling"] + r["seconds_update"] for r in runs)
-            row["env_steps_per_second"] = statistics.median(r["env_steps_per_second"] for r in runs)
-            rows.append(row)
-            print(
-                f"  M={tasks:3d} {inner_loop:8s} {row['seconds_per_iteration']:6.2f} s/iteration "
-                f"(sampling {row['seconds_sampling']:.2f} s, update {row['seconds_update']:.2f} s, "
-                f"{row['env_steps_per_second'] / 1e3:.0f}k env-steps/s)",
-                flush=True,
-            )
+    grid = itertools.product(config.meta_batch_sizes, config.inner_loops, config.fisher_subsamples)
+    for tasks, inner_loop, subsample in grid:
+        agent_config = MAMLConfig(
+            meta_batch_size=tasks, inner_loop=inner_loop, fisher_subsample=subsample, device=config.device, seed=config.seed
+        )
+        agent = MAML(agent_config)
+        agent.meta_train_step()  # warm-up
+        runs = [agent.meta_train_step() for _ in range(config.speed_iterations)]
+        row = {"meta_batch_size": tasks, "inner_loop": inner_loop, "fisher_subsample": subsample}
+        for key in ("seconds_sampling", "seconds_update"):
+            row[key] = statistics.median(r[key] for r in runs)
+        row["seconds_per_iteration"] = statistics.median(r["seconds_sampling"] + r["seconds_update"] for r in runs)
+        row["env_steps_per_second"] = statistics.median(r["env_steps_per_second"] for r in runs)
+        rows.append(row)
+        print(
+            f"  M={tasks:3d} {inner_loop:8s} Fisher on every {subsample}. step: {row['seconds_per_iteration']:6.2f} s/iteration "
+            f"(sampling {row['seconds_sampling']:.2f} s, update {row['seconds_update']:.2f} s, "
+            f"{row['env_steps_per_second'] / 1e3:.0f}k env-steps/s)",
+            flush=True,
+        )
     return rows
 
 
@@ -113,6 +123,8 @@ def measure_learning(config: BenchConfig, inner_loop: str) -> dict[str, object]:
         inner_loop=inner_loop,
         learn_inner_lr=config.learn_inner_lr,
         learn_log_std=config.learn_log_std,
+        inner_objective=config.inner_objective,
+        fisher_subsample=config.fisher_subsample,
         device=config.device,
         seed=config.seed,
     )  # type: ignore[arg-type]
@@ -121,6 +133,8 @@ def measure_learning(config: BenchConfig, inner_loop: str) -> dict[str, object]:
         time.strftime("%Y%m%d-%H%M%S")
         + ("-metasgd" if config.learn_inner_lr else "")
         + ("" if config.learn_log_std else "-fixedstd")
+        + ("-lvc" if config.inner_objective == "lvc" else "")
+        + (f"-fisher{config.fisher_subsample}" if config.fisher_subsample > 1 else "")
     )
     out: dict[str, object] = {"run_dir": str(run_dir), "inner_loop": inner_loop, "budget_minutes": config.minutes}
     with RunLogger(run_dir, {"bench": dataclasses.asdict(config), "agent": dataclasses.asdict(agent_config)}) as logger:
@@ -178,7 +192,8 @@ def main(config: BenchConfig) -> dict[str, object]:
         fastest = min(rows, key=lambda r: r["seconds_per_iteration"])
         speedup = PYTORCH_MAML_RL["seconds_per_iteration"] / fastest["seconds_per_iteration"]
         seconds = fastest["seconds_per_iteration"]
-        print(f"  fastest: {fastest['inner_loop']} at {seconds:.2f} s/iteration, {speedup:.1f}x pytorch-maml-rl; target <= 0.5 s")
+        label = f"{fastest['inner_loop']}, Fisher on every {fastest['fisher_subsample']}. step"
+        print(f"  fastest: {label}: {seconds:.2f} s/iteration, {speedup:.1f}x pytorch-maml-rl; target <= 0.5 s")
         inner_loop = inner_loop or str(fastest["inner_loop"])
     if config.mode in ("learning", "both"):
         print(f"learning ({config.minutes:g} minutes of meta-training, inner loop {inner_loop or 'batched'}):")

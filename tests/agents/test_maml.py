@@ -88,6 +88,60 @@ def test_first_order_gradient_is_the_gradient_at_the_adapted_parameters() -> Non
     assert not torch.allclose(flat(list(fo_grads)), flat(list(so_grads)))  # the second-order terms matter here
 
 
+def test_lvc_inner_objective_adds_the_sampling_curvature_term() -> None:
+    """ProMP's LVC inner loss: same adapted parameters; the meta-gradient gains alpha * sum_i E[A g g^T] u_i.
+
+    ``g`` is a sample's score ``grad log pi(a|s)`` at the meta-parameters and ``u_i``
+    the outer objective's gradient at task ``i``'s adapted parameters: the
+    Hessian of ``-E[pi / stop_grad(pi) * A]`` exceeds that of ``-E[log pi * A]``
+    by ``-E[A g g^T]``, and the adaptation's Jacobian is ``I - alpha * Hessian``.
+    """
+    gen = torch.Generator().manual_seed(4)
+    reinforce, lvc = float64_agent(inner_lr=0.5), float64_agent(inner_lr=0.5, inner_objective="lvc")
+    inner, valid = [synthetic_batch(reinforce, 3, 7, gen)], synthetic_batch(reinforce, 3, 9, gen)
+    outer = reinforce._outer_params()
+    for k, v in reinforce._replay_adaptation(outer, inner).items():
+        torch.testing.assert_close(v, lvc._replay_adaptation(lvc._outer_params(), inner)[k], rtol=0, atol=0)
+    names = list(outer)
+    grad_reinforce = flat(torch.autograd.grad(meta_objective(reinforce, inner, valid)(outer), list(outer.values())))
+    lvc_outer = lvc._outer_params()
+    grad_lvc = flat(torch.autograd.grad(meta_objective(lvc, inner, valid)(lvc_outer), list(lvc_outer.values())))
+
+    adapted = {k: v.detach().requires_grad_() for k, v in reinforce._replay_adaptation(outer, inner).items()}
+    dist = policy_forward(reinforce.policy, adapted, valid.obs.flatten(0, 1)).dist_params.reshape(3, 9, -1)
+    loss = surrogate_loss(
+        reinforce.policy.action_dist.log_prob(dist, valid.actions), valid.log_probs, valid.advantages, valid.mask
+    ).mean()
+    u = torch.stack([flat(list(t)) for t in zip(*torch.autograd.grad(loss, [adapted[k] for k in names]), strict=True)])
+    batch = inner[0]
+    expected = torch.zeros_like(grad_reinforce)
+    for i in range(3):
+        for s in range(7):
+            dist_params = policy_forward(reinforce.policy, outer, batch.obs[i, s : s + 1]).dist_params
+            log_prob = reinforce.policy.action_dist.log_prob(dist_params, batch.actions[i, s : s + 1]).sum()
+            score = flat(torch.autograd.grad(log_prob, list(outer.values())))
+            weight = batch.advantages[i, s] * batch.mask[i, s] / batch.mask[i].sum()
+            expected += 0.5 * weight * score * (score @ u[i])
+    torch.testing.assert_close(grad_lvc - grad_reinforce, expected)
+    assert expected.norm() > 1e-3 * grad_reinforce.norm()  # the extra term is not negligible here
+
+
+def test_fisher_subsample_picks_every_kth_step_and_keeps_the_adapted_point() -> None:
+    agent = MAML(MAMLConfig(**{**TINY, "horizon": 10, "fisher_subsample": 3}))
+    inner, valid = agent._sample_adaptation(agent.env, 3, 1)
+    sub = valid.every_kth_step(3, envs_per_task=2)
+    # Task-major samples are ordered (time, env): steps 0, 3, 6, 9 of both envs remain.
+    expected = valid.obs.reshape(3, 10, 2, 2)[:, ::3].reshape(3, 8, 2)
+    torch.testing.assert_close(sub.obs, expected, rtol=0, atol=0)
+    assert sub.mask.shape == (3, 8) and torch.equal(sub.returns, valid.returns)
+    params = agent._outer_params()
+    sub_inner = [b.every_kth_step(3, 2) for b in inner]
+    shifted = agent._outputs_fn(sub_inner, sub, exact_at=(params, inner))(params)
+    unshifted = agent._outputs_fn(sub_inner, sub)(params)
+    torch.testing.assert_close(shifted, agent._outputs_fn(inner, sub)(params))  # exact at the point
+    assert not torch.allclose(unshifted, shifted)  # the subsampled adaptation alone lands elsewhere
+
+
 def test_only_each_envs_first_episode_counts() -> None:
     """An env that terminates early autoresets; MAML's batch must mask out the steps after that."""
     agent = MAML(MAMLConfig(**{**TINY, "horizon": 8}))
@@ -129,8 +183,9 @@ def test_trpo_step_respects_the_kl_bound_and_improves() -> None:
     assert 0.5 * float(mean.detach().square().sum()) == pytest.approx(0.01, rel=0.25)
 
 
-def test_meta_update_keeps_kl_through_adaptation_within_bound() -> None:
-    agent = MAML(MAMLConfig(**{**TINY, "horizon": 20, "max_kl": 0.005}))
+@pytest.mark.parametrize("fisher_subsample", [1, 4])
+def test_meta_update_keeps_kl_through_adaptation_within_bound(fisher_subsample: int) -> None:
+    agent = MAML(MAMLConfig(**{**TINY, "horizon": 20, "max_kl": 0.005, "fisher_subsample": fisher_subsample}))
     stats = agent.meta_train_step()
     assert 0 < stats["kl"] <= 0.005
 
@@ -203,6 +258,8 @@ def test_adaptation_curve_shape_and_no_side_effects() -> None:
         ({"inner_steps": -1}, "inner_steps must be a non-negative int, got -1"),
         ({"outer": "sgd"}, "outer must be 'trpo' or 'ppo', got 'sgd'"),
         ({"ls_backtrack": 1.0}, r"ls_backtrack must lie in \(0, 1\)"),
+        ({"fisher_subsample": 0}, "fisher_subsample must be a positive int, got 0"),
+        ({"inner_objective": "dice"}, "inner_objective must be 'reinforce' or 'lvc', got 'dice'"),
     ],
 )
 def test_bad_hyperparameters_are_refused(override: dict, match: str) -> None:
