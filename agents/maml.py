@@ -49,7 +49,7 @@ from metarl.validation import check_positive_int
 
 @dataclasses.dataclass
 class MAMLConfig:
-    """MAML-RL hyperparameters. Defaults: the paper's 2-D navigation setting."""
+    """MAML-RL hyperparameters. Defaults: the paper's 2-D navigation setting, with ProMP's LVC inner objective."""
 
     env_id: str = "metarl/Navigation2D-v0"
     """Registered task family to meta-train on."""
@@ -65,10 +65,10 @@ class MAMLConfig:
     """Inner-loop step size (the initial value when learned)."""
     first_order: bool = False
     """Drop second-order terms (FOMAML)."""
-    inner_objective: Literal["reinforce", "lvc"] = "reinforce"
-    """Inner loss: 'reinforce' (the paper's log-likelihood form) or 'lvc' (ProMP's low-variance curvature form,
-    Rothfuss et al. 2018: the same inner step, but the second-order meta-gradient also credits the pre-update
-    policy for the samples it collects)."""
+    inner_objective: Literal["reinforce", "lvc"] = "lvc"
+    """Inner loss: 'lvc' (ProMP's low-variance curvature form, Rothfuss et al. 2018) or 'reinforce' (the MAML
+    paper's log-likelihood form). Both take the same inner step; LVC's second-order meta-gradient also credits
+    the pre-update policy for the samples it collects, which keeps post-adaptation returns from declining."""
     learn_inner_lr: bool = False
     """Meta-learn one inner step size per parameter (Meta-SGD)."""
     inner_loop: Literal["batched", "looped"] = "batched"
@@ -85,9 +85,9 @@ class MAMLConfig:
     """TRPO: line-search steps."""
     ls_backtrack: float = 0.8
     """TRPO: line-search shrink factor."""
-    fisher_subsample: int = 1
-    """TRPO: Fisher-vector products on every k-th time step of each rollout (OpenAI Baselines' TRPO: every 5th
-    sample); the gradient and the line search's KL check use all samples."""
+    fisher_subsample: int = 5
+    """TRPO: Fisher-vector products on every k-th time step of each rollout (1: all; OpenAI Baselines' TRPO
+    uses every 5th sample); the gradient and the line search's KL check always use all samples."""
     ppo_epochs: int = 5
     """PPO: outer epochs per meta-iteration."""
     ppo_clip: float = 0.2
@@ -200,9 +200,12 @@ class MAML:
 
     # --- parameters -------------------------------------------------------------
     def _outer_params(self) -> Params:
-        """What the outer loop optimises: the policy (log-std unless fixed), plus the inner step sizes under Meta-SGD."""
+        """What the outer loop optimises: the policy (log-std unless fixed), plus the inner step sizes under Meta-SGD.
+
+        Without inner steps (the pretrained baseline) there are no step sizes to learn.
+        """
         params = {k: v for k, v in self.policy.named_parameters() if self.config.learn_log_std or k != "log_std"}
-        if self.config.learn_inner_lr:
+        if self.config.learn_inner_lr and self.config.inner_steps > 0:
             params.update({f"inner_lr/{k}": v for k, v in self.inner_lrs.items()})
         return params
 

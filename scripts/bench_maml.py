@@ -4,18 +4,22 @@ Speed: seconds per meta-iteration of the reference configuration (20 tasks x
 20 episodes, horizon 100, one second-order inner step of size 0.1, gamma 0.99,
 GAE lambda 1.0, TRPO max-KL 0.01 with 10 CG iterations and damping 1e-5, tanh
 MLP 64x64), split into sampling and update, for the batched and the per-task
-(looped) inner loop. Reference figures: pytorch-maml-rl on this project's
-2-core CPU, as quoted in issue 3: ~4.9 s per meta-iteration (~1.4 s sampling,
-~3.5 s update).
+(looped) inner loop, with the Fisher-vector products on all samples or on
+every 5th time step (the default; ``--fisher-subsamples``). Reference
+figures: pytorch-maml-rl on this project's 2-core CPU, as quoted in issue 3:
+~4.9 s per meta-iteration (~1.4 s sampling, ~3.5 s update).
 
-Learning: meta-train the reference configuration for a wall-clock budget
-(default 30 minutes; evaluation time excluded), then evaluate on 40 held-out
-goals (3 seeds; 20 episodes per adaptation step) after 0..3 inner steps,
-beside a randomly initialised policy and a pretrained (no inner loop) policy
-adapted with the same budget, and the oracle. Held-out returns are also taken
-at the ``--eval-at`` iterations (default 200, pytorch-maml-rl's ~-14 after one
-step). Paper figures (Finn et al. 2017, 2-D navigation, as quoted in issue 3):
--40.4 before adaptation, -11.7 after one step; random init after one step -58.0.
+Learning: meta-train the reference configuration with the agent's defaults
+(ProMP's LVC inner objective, Fisher-vector products on every 5th time step;
+``--inner-objective reinforce --fisher-subsample 1`` gives the paper's exact
+meta-gradient) for a wall-clock budget (default 30 minutes; evaluation time
+excluded), then evaluate on 40 held-out goals (3 seeds; 20 episodes per
+adaptation step) after 0..3 inner steps, beside a randomly initialised policy
+and a pretrained (no inner loop) policy adapted with the same budget, and the
+oracle. Held-out returns are also taken at the ``--eval-at`` iterations
+(default 200, pytorch-maml-rl's ~-14 after one step). Paper figures (Finn et
+al. 2017, 2-D navigation, as quoted in issue 3): -40.4 before adaptation,
+-11.7 after one step; random init after one step -58.0.
 
 Run::
 
@@ -83,10 +87,14 @@ class BenchConfig:
     """Learning run: meta-learn the inner step sizes (Meta-SGD) instead of the fixed 0.1."""
     learn_log_std: bool = True
     """Learning run: meta-learn the policy's log-std (False: keep it at its initial value)."""
-    inner_objective: Literal["reinforce", "lvc"] = "reinforce"
-    """Learning run: the inner loss ('lvc': ProMP's low-variance curvature objective)."""
-    fisher_subsample: int = 1
-    """Learning run: TRPO Fisher-vector products on every k-th time step."""
+    init_log_std: float = 0.0
+    """Learning run: the policy's initial log-std."""
+    meta_batch_size: int = 20
+    """Learning run: tasks per meta-iteration."""
+    inner_objective: Literal["reinforce", "lvc"] = "lvc"
+    """Learning run: the inner loss ('reinforce': the MAML paper's; 'lvc': ProMP's low-variance curvature form)."""
+    fisher_subsample: int = 5
+    """Learning run: TRPO Fisher-vector products on every k-th time step (1: all samples)."""
     run_dir: Path = Path("runs/bench_maml")
     """Where the learning run writes its run directory (config, metrics, evaluation, Comet)."""
     json_out: Path | None = None
@@ -120,9 +128,11 @@ def measure_speed(config: BenchConfig) -> list[dict[str, object]]:
 
 def measure_learning(config: BenchConfig, inner_loop: str) -> dict[str, object]:
     agent_config = MAMLConfig(
+        meta_batch_size=config.meta_batch_size,
         inner_loop=inner_loop,
         learn_inner_lr=config.learn_inner_lr,
         learn_log_std=config.learn_log_std,
+        init_log_std=config.init_log_std,
         inner_objective=config.inner_objective,
         fisher_subsample=config.fisher_subsample,
         device=config.device,
@@ -132,9 +142,9 @@ def measure_learning(config: BenchConfig, inner_loop: str) -> dict[str, object]:
     run_dir = config.run_dir / (
         time.strftime("%Y%m%d-%H%M%S")
         + ("-metasgd" if config.learn_inner_lr else "")
-        + ("" if config.learn_log_std else "-fixedstd")
-        + ("-lvc" if config.inner_objective == "lvc" else "")
-        + (f"-fisher{config.fisher_subsample}" if config.fisher_subsample > 1 else "")
+        + ("" if config.learn_log_std else f"-fixedstd{config.init_log_std:g}")
+        + f"-{config.inner_objective}-fisher{config.fisher_subsample}"
+        + ("" if config.meta_batch_size == 20 else f"-m{config.meta_batch_size}")
     )
     out: dict[str, object] = {"run_dir": str(run_dir), "inner_loop": inner_loop, "budget_minutes": config.minutes}
     with RunLogger(run_dir, {"bench": dataclasses.asdict(config), "agent": dataclasses.asdict(agent_config)}) as logger:

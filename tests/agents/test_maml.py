@@ -53,7 +53,9 @@ def test_second_order_meta_gradient_matches_finite_differences(
     inner_steps: int, learn_inner_lr: bool, inner_loop: str, finite_difference
 ) -> None:
     gen = torch.Generator().manual_seed(0)
-    agent = float64_agent(learn_inner_lr=learn_inner_lr, inner_loop=inner_loop, inner_lr=0.5)
+    # The paper's REINFORCE inner loss: its meta-gradient is the exact derivative of the replayed objective
+    # (LVC's stop-gradient adds a term that finite differences do not see; tested below).
+    agent = float64_agent(learn_inner_lr=learn_inner_lr, inner_loop=inner_loop, inner_lr=0.5, inner_objective="reinforce")
     inner = [synthetic_batch(agent, 3, 7, gen) for _ in range(inner_steps)]
     valid = synthetic_batch(agent, 3, 9, gen)
     objective = meta_objective(agent, inner, valid)
@@ -97,7 +99,8 @@ def test_lvc_inner_objective_adds_the_sampling_curvature_term() -> None:
     by ``-E[A g g^T]``, and the adaptation's Jacobian is ``I - alpha * Hessian``.
     """
     gen = torch.Generator().manual_seed(4)
-    reinforce, lvc = float64_agent(inner_lr=0.5), float64_agent(inner_lr=0.5, inner_objective="lvc")
+    reinforce = float64_agent(inner_lr=0.5, inner_objective="reinforce")
+    lvc = float64_agent(inner_lr=0.5, inner_objective="lvc")
     inner, valid = [synthetic_batch(reinforce, 3, 7, gen)], synthetic_batch(reinforce, 3, 9, gen)
     outer = reinforce._outer_params()
     for k, v in reinforce._replay_adaptation(outer, inner).items():
@@ -196,6 +199,17 @@ def test_ppo_outer_loop_runs_and_moves_parameters() -> None:
     stats = agent.meta_train_step()
     assert set(stats) >= {"return_before_adaptation", "return_after_adaptation", "kl"}
     assert not torch.equal(before, flat(agent._outer_params()))
+
+
+@pytest.mark.parametrize("outer", ["trpo", "ppo"])
+def test_meta_sgd_without_inner_steps_trains_the_policy_alone(outer: str) -> None:
+    """The pretrained baseline of a Meta-SGD run (inner_steps=0) has no step sizes to learn, and must not fail."""
+    agent = MAML(MAMLConfig(**{**TINY, "learn_inner_lr": True, "inner_steps": 0, "outer": outer}))
+    lrs = {k: v.detach().clone() for k, v in agent.inner_lrs.items()}
+    weights = agent.policy.actor.layers[0].weight.detach().clone()
+    agent.meta_train_step()
+    assert not torch.equal(agent.policy.actor.layers[0].weight.detach(), weights)
+    assert all(torch.equal(agent.inner_lrs[k], v) for k, v in lrs.items())
 
 
 def test_fixed_log_std_is_not_meta_learned() -> None:
