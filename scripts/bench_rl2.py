@@ -57,6 +57,8 @@ class BenchConfig:
     vf_coef: float = 0.02
     """Value-loss weight. The GRU is shared by the policy and value heads; at 0.5 the value regression
     dominates it and RL² stays at random level on 100-pull trials (BENCHMARKS.md)."""
+    gae_lambda: float = 0.3
+    """GAE lambda (the RL² paper's 0.3 for bandits)."""
     ent_coef: float = 0.01
     """Entropy bonus."""
     separate_critic: bool = False
@@ -85,6 +87,7 @@ def run_setting(name: str, config: BenchConfig) -> dict[str, object]:
             num_envs=config.num_envs,
             hidden_size=config.hidden_size,
             separate_critic=config.separate_critic,
+            gae_lambda=config.gae_lambda,
             eval_envs_per_task=config.trials_per_task,
             ppo=PPOSettings(lr=config.lr, vf_coef=config.vf_coef, ent_coef=config.ent_coef),
             device=config.device,
