@@ -305,8 +305,11 @@ class MAML:
             params = self._adapt(params, lrs, batch, first_order=self.config.first_order)
         return params
 
-    def _sample_adaptation(self, env: TensorEnv, num_tasks: int, num_steps: int) -> tuple[list[_Batch], _Batch]:
-        """Roll out and adapt ``num_steps`` times, keeping no graph; returns the inner batches and the last batch."""
+    def _sample_adaptation(self, env: TensorEnv, num_tasks: int, num_steps: int) -> tuple[list[_Batch], _Batch, Params]:
+        """Roll out and adapt ``num_steps`` times, keeping no graph.
+
+        Returns the inner batches, the last batch and the parameters it was sampled with (the adapted ones).
+        """
         params, lrs = self._split_outer(self._outer_params())
         params = {k: v.detach() for k, v in params.items()}
         lrs = {k: v.detach() for k, v in lrs.items()}
@@ -316,23 +319,23 @@ class MAML:
             inner.append(batch)
             params = {k: v.detach() for k, v in self._adapt(params, lrs, batch, first_order=True).items()}
             batch = self._rollout(env, params, num_tasks)
-        return inner, batch
+        return inner, batch, params
 
     # --- the outer loop ---------------------------------------------------------------
     def _outputs_fn(
-        self, inner: list[_Batch], valid: _Batch, exact_at: tuple[Params, list[_Batch]] | None = None
+        self, inner: list[_Batch], valid: _Batch, exact_at: tuple[Params, Params] | None = None
     ) -> Callable[[Params], torch.Tensor]:
         """The adapted policies' distribution parameters on ``valid``'s samples, as a function of the outer parameters.
 
-        With ``exact_at=(outer, full_inner)``, the adaptation replayed on a
+        With ``exact_at=(outer, adapted)``, the adaptation replayed on a
         subsample ``inner`` is shifted by a constant so that at ``outer`` it
-        gives the adapted parameters of ``full_inner``: the subsample then only
-        approximates the adaptation's Jacobian, not the point it is taken at.
+        gives ``adapted``, the parameters adapted on all samples: the subsample
+        then only approximates the adaptation's Jacobian, not the point it is taken at.
         """
         shift: Params = {}
         if exact_at is not None and inner:
-            point = {k: v.detach() for k, v in exact_at[0].items()}
-            exact, approximate = self._replay_adaptation(point, exact_at[1]), self._replay_adaptation(point, inner)
+            point, exact = exact_at
+            approximate = self._replay_adaptation({k: v.detach() for k, v in point.items()}, inner)
             shift = {k: (exact[k] - approximate[k]).detach() for k in exact}
 
         def outputs(outer: Params) -> torch.Tensor:
@@ -360,7 +363,7 @@ class MAML:
         tasks = self.family.task_space.sample(num_tasks, generator=self.task_generator, split="train")
         self.env.set_tasks(tasks.repeat_interleave(cfg.episodes_per_task))
         began = time.perf_counter()
-        inner, valid = self._sample_adaptation(self.env, num_tasks, cfg.inner_steps)
+        inner, valid, adapted = self._sample_adaptation(self.env, num_tasks, cfg.inner_steps)
         sampled = time.perf_counter()
         dist = self.policy.action_dist
 
@@ -377,7 +380,7 @@ class MAML:
                 k, envs = cfg.fisher_subsample, cfg.episodes_per_task
                 fisher_valid = valid.every_kth_step(k, envs)
                 fisher_inner = [b.every_kth_step(k, envs) for b in inner]
-                fisher = (self._outputs_fn(fisher_inner, fisher_valid, exact_at=(params, inner)), self._kl_fn(fisher_valid))
+                fisher = (self._outputs_fn(fisher_inner, fisher_valid, exact_at=(params, adapted)), self._kl_fn(fisher_valid))
             stats = trpo_step(
                 params,
                 surrogate,
@@ -426,7 +429,7 @@ class MAML:
         saved = self.action_generator.get_state()
         self.action_generator.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
         try:
-            inner, final = self._sample_adaptation(env, num_tasks, num_steps)
+            inner, final, _ = self._sample_adaptation(env, num_tasks, num_steps)
         finally:
             self.action_generator.set_state(saved)  # evaluating never changes the training stream
         return torch.stack([b.returns for b in [*inner, final]]).cpu()

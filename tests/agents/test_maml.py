@@ -131,7 +131,7 @@ def test_lvc_inner_objective_adds_the_sampling_curvature_term() -> None:
 
 def test_fisher_subsample_picks_every_kth_step_and_keeps_the_adapted_point() -> None:
     agent = MAML(MAMLConfig(**{**TINY, "horizon": 10, "fisher_subsample": 3}))
-    inner, valid = agent._sample_adaptation(agent.env, 3, 1)
+    inner, valid, adapted = agent._sample_adaptation(agent.env, 3, 1)
     sub = valid.every_kth_step(3, envs_per_task=2)
     # Task-major samples are ordered (time, env): steps 0, 3, 6, 9 of both envs remain.
     expected = valid.obs.reshape(3, 10, 2, 2)[:, ::3].reshape(3, 8, 2)
@@ -139,7 +139,7 @@ def test_fisher_subsample_picks_every_kth_step_and_keeps_the_adapted_point() -> 
     assert sub.mask.shape == (3, 8) and torch.equal(sub.returns, valid.returns)
     params = agent._outer_params()
     sub_inner = [b.every_kth_step(3, 2) for b in inner]
-    shifted = agent._outputs_fn(sub_inner, sub, exact_at=(params, inner))(params)
+    shifted = agent._outputs_fn(sub_inner, sub, exact_at=(params, adapted))(params)
     unshifted = agent._outputs_fn(sub_inner, sub)(params)
     torch.testing.assert_close(shifted, agent._outputs_fn(inner, sub)(params))  # exact at the point
     assert not torch.allclose(unshifted, shifted)  # the subsampled adaptation alone lands elsewhere
