@@ -91,9 +91,9 @@ class BenchConfig:
     """Learning run: the policy's initial log-std."""
     meta_batch_size: int = 20
     """Learning run: tasks per meta-iteration."""
-    inner_objective: Literal["reinforce", "lvc"] = "lvc"
+    inner_objective: Literal["reinforce", "lvc"] = MAMLConfig.inner_objective
     """Learning run: the inner loss ('reinforce': the MAML paper's; 'lvc': ProMP's low-variance curvature form)."""
-    fisher_subsample: int = 5
+    fisher_subsample: int = MAMLConfig.fisher_subsample
     """Learning run: TRPO Fisher-vector products on every k-th time step (1: all samples)."""
     run_dir: Path = Path("runs/bench_maml")
     """Where the learning run writes its run directory (config, metrics, evaluation, Comet)."""
