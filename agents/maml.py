@@ -272,8 +272,9 @@ class MAML:
 
         ``params`` are shared (the meta-parameters) or per task (after an
         earlier step); ``lrs`` are the step sizes. ``torch.func.grad`` keeps
-        the step differentiable (second order) and ``torch.func``-transformable
-        (TRPO's Fisher-vector products); ``vmap`` runs all tasks at once.
+        the step differentiable by autograd (the second-order meta-gradient,
+        and once more for TRPO's Fisher-vector products); ``vmap`` runs all
+        tasks at once.
         """
         num_tasks = batch.obs.shape[0]
         shared = task_batch_size(self.policy, params) is None
@@ -369,8 +370,8 @@ class MAML:
 
         outputs, kl = self._outputs_fn(inner, valid), self._kl_fn(valid)
 
-        def surrogate(outer: Params) -> torch.Tensor:
-            log_probs = dist.log_prob(outputs(outer), valid.actions)
+        def surrogate(new_dist_params: torch.Tensor) -> torch.Tensor:
+            log_probs = dist.log_prob(new_dist_params, valid.actions)
             return surrogate_loss(log_probs, valid.log_probs, valid.advantages, valid.mask).mean()
 
         params = self._outer_params()

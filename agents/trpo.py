@@ -43,9 +43,47 @@ def conjugate_gradient(
     return x
 
 
+def fisher_vector_product(
+    params: Params,
+    outputs_fn: Callable[[Params], torch.Tensor],
+    kl_fn: Callable[[torch.Tensor], torch.Tensor],
+    damping: float = 0.0,
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``v -> (J^T H J + damping I) v`` at ``params``, for flat ``v``.
+
+    ``J`` is the Jacobian of ``outputs_fn`` (the policy's distribution
+    parameters) in ``params``, ``H`` the Hessian of ``kl_fn`` in the outputs.
+    At the sampling parameters the KL's gradient in the outputs is zero, so
+    this Gauss-Newton form *is* the KL's Hessian in ``params``, through
+    whatever ``outputs_fn`` computes (MAML's adaptation included), without
+    differentiating through it three times.
+
+    ``outputs_fn`` is evaluated once. Every product is then two backward
+    passes through graphs kept from that evaluation: ``J v`` as the vector-
+    Jacobian product of the linear map ``u -> J^T u`` (the "double-vjp"
+    trick), and ``J^T (H J v)``. Nothing is recomputed per product, which
+    ``torch.func.jvp`` would do (it re-runs ``outputs_fn`` with its tangents).
+    """
+    point = {name: p.detach().requires_grad_() for name, p in params.items()}
+    leaves = list(point.values())
+    outputs = outputs_fn(point)
+    probe = torch.zeros_like(outputs, requires_grad=True)
+    transposed = flat(torch.autograd.grad(outputs, leaves, probe, create_graph=True, materialize_grads=True))
+    at = outputs.detach().requires_grad_()
+    kl_grad = torch.autograd.grad(kl_fn(at), at, create_graph=True)[0]
+
+    def product(v: torch.Tensor) -> torch.Tensor:
+        jv = torch.autograd.grad(transposed, probe, v, retain_graph=True)[0]
+        hjv = torch.autograd.grad(kl_grad, at, jv, retain_graph=True)[0]
+        jthjv = torch.autograd.grad(outputs, leaves, hjv, retain_graph=True, materialize_grads=True)
+        return flat(jthjv) + damping * v
+
+    return product
+
+
 def trpo_step(
     params: Params,
-    loss_fn: Callable[[Params], torch.Tensor],
+    loss_fn: Callable[[torch.Tensor], torch.Tensor],
     outputs_fn: Callable[[Params], torch.Tensor],
     kl_fn: Callable[[torch.Tensor], torch.Tensor],
     max_kl: float,
@@ -58,40 +96,27 @@ def trpo_step(
     """One TRPO update of ``params`` (leaf tensors, changed in place).
 
     Args:
-        loss_fn: the surrogate loss to minimise, differentiable in ``params``.
+        loss_fn: the surrogate loss to minimise, as a function of the policy's outputs.
         outputs_fn: the policy's distribution parameters on the update's
-            samples, as a pure function of ``params`` (``torch.func``-transformable:
-            it may use ``torch.func.grad`` inside, e.g. MAML's adaptation).
+            samples, differentiable in ``params`` (twice over: the
+            Fisher-vector products differentiate its backward pass; it may
+            itself take gradients, e.g. MAML's adaptation).
         kl_fn: mean KL from the sampling policy to the given outputs.
         fisher: ``(outputs_fn, kl_fn)`` on a subsample of the samples, used
             only for the Fisher-vector products (OpenAI Baselines' TRPO uses
             every 5th sample); the line search still checks the full KL.
 
-    The Fisher-vector products use the Gauss-Newton form ``J^T H J v``: ``J``
-    is the Jacobian of ``outputs_fn`` (a ``torch.func.jvp``, and a
-    ``torch.func.vjp`` linearised once and reused by every CG iteration), ``H``
-    the KL's Hessian in the outputs. At the sampling parameters the KL's
-    gradient in the outputs is zero, so this *is* the KL's Hessian in
-    ``params``, through whatever ``outputs_fn`` computes, without a double
-    backward through it. Conjugate gradient gives the natural-gradient
-    direction, scaled to the KL bound; a backtracking line search accepts the
-    first step that lowers the loss and keeps the KL within ``max_kl``.
+    Conjugate gradient on :func:`fisher_vector_product` gives the
+    natural-gradient direction, scaled to the KL bound; a backtracking line
+    search accepts the first step that lowers the loss and keeps the KL
+    within ``max_kl``. Each line-search step evaluates ``outputs_fn`` once,
+    for both checks.
     """
-    names = list(params)
-    leaves = [params[n] for n in names]
-    loss = loss_fn(params)
+    leaves = list(params.values())
+    loss = loss_fn(outputs_fn(params))
     grads = flat(torch.autograd.grad(loss, leaves))
     fisher_outputs_fn, fisher_kl_fn = fisher or (outputs_fn, kl_fn)
-    point = {n: p.detach() for n, p in params.items()}
-    outputs, pullback = torch.func.vjp(fisher_outputs_fn, point)
-    outputs = outputs.detach().requires_grad_()
-    kl_grad = torch.autograd.grad(fisher_kl_fn(outputs), outputs, create_graph=True)[0]
-
-    def fisher_vector(v: torch.Tensor) -> torch.Tensor:
-        _, jv = torch.func.jvp(fisher_outputs_fn, (point,), (unflat(v, point),))
-        hjv = torch.autograd.grad(kl_grad, outputs, jv, retain_graph=True)[0]
-        return flat(pullback(hjv)[0]) + cg_damping * v
-
+    fisher_vector = fisher_vector_product(params, fisher_outputs_fn, fisher_kl_fn, cg_damping)
     direction = conjugate_gradient(fisher_vector, -grads, cg_iters)
     curvature = 0.5 * direction @ fisher_vector(direction)
     step = torch.sqrt(max_kl / curvature.clamp_min(1e-12)) * direction
@@ -101,7 +126,8 @@ def trpo_step(
     with torch.no_grad():
         for i in range(ls_max_steps):
             _assign(leaves, old + ls_backtrack**i * step)
-            new_loss, new_kl = loss_fn(params), kl_fn(outputs_fn(params))
+            outputs = outputs_fn(params)
+            new_loss, new_kl = loss_fn(outputs), kl_fn(outputs)
             if new_loss < old_loss and new_kl <= max_kl:
                 stats.update(kl=float(new_kl), line_search_steps=float(i), improvement=float(old_loss - new_loss))
                 return stats

@@ -9,7 +9,7 @@ import envs  # noqa: F401
 import metarl
 from agents.losses import surrogate_loss
 from agents.maml import MAML, MAMLConfig, _Batch
-from agents.trpo import flat, trpo_step
+from agents.trpo import fisher_vector_product, flat, trpo_step
 from envs.navigation import NavigationTasks
 from metarl.evaluation import EvalConfig, held_out_tasks
 from metarl.rollout import policy_forward
@@ -160,6 +160,30 @@ def test_only_each_envs_first_episode_counts() -> None:
     torch.testing.assert_close(batch.returns, torch.tensor([-0.005 * 2**0.5, -8 * 0.3 * 2**0.5, -0.005 * 2**0.5]))
 
 
+@pytest.mark.parametrize("inner_steps", [1, 2])
+@pytest.mark.parametrize("learn_inner_lr", [False, True])
+def test_fisher_vector_product_is_the_kl_hessian_through_adaptation(inner_steps: int, learn_inner_lr: bool) -> None:
+    """At the sampling parameters, J^T H J v equals the exact Hessian-vector product of the KL through the adaptation."""
+    gen = torch.Generator().manual_seed(3)
+    agent = float64_agent(learn_inner_lr=learn_inner_lr, inner_lr=0.5)
+    inner = [synthetic_batch(agent, 3, 7, gen) for _ in range(inner_steps)]
+    valid = synthetic_batch(agent, 3, 9, gen)
+    outer = {k: v.detach() for k, v in agent._outer_params().items()}
+    outputs = agent._outputs_fn(inner, valid)
+    valid.dist_params = outputs(outer).detach()  # sampled by the adapted policies, as in a meta-iteration
+    kl = agent._kl_fn(valid)
+    names = list(outer)
+
+    def kl_of_flat(*tensors: torch.Tensor) -> torch.Tensor:
+        return kl(outputs(dict(zip(names, tensors, strict=True))))
+
+    product = fisher_vector_product(outer, outputs, kl, damping=0.0)
+    for _ in range(2):
+        v = {k: torch.randn(t.shape, generator=gen, dtype=torch.float64) for k, t in outer.items()}
+        _, exact = torch.autograd.functional.hvp(kl_of_flat, tuple(outer.values()), tuple(v.values()))
+        torch.testing.assert_close(product(flat(v)), flat(list(exact)), rtol=1e-8, atol=1e-12)
+
+
 def test_trpo_step_respects_the_kl_bound_and_improves() -> None:
     gen = torch.Generator().manual_seed(2)
     mean = torch.zeros(4, requires_grad=True)
@@ -174,14 +198,15 @@ def test_trpo_step_respects_the_kl_bound_and_improves() -> None:
     def kl(new: torch.Tensor) -> torch.Tensor:
         return dist.kl(old, new).mean()
 
-    def loss(p: dict[str, torch.Tensor]) -> torch.Tensor:
-        return ((outputs(p)[:, :4] - target - 3.0) ** 2).mean()
+    def loss(new: torch.Tensor) -> torch.Tensor:
+        return ((new[:, :4] - target - 3.0) ** 2).mean()
 
     params = {"mean": mean}
-    before = float(loss(params).detach())
+    before = float(loss(outputs(params)).detach())
     stats = trpo_step(params, loss, outputs, kl, max_kl=0.01)
-    assert float(kl(outputs(params))) <= 0.01 + 1e-7
-    assert float(loss(params)) < before and stats["improvement"] > 0
+    with torch.no_grad():
+        assert float(kl(outputs(params))) <= 0.01 + 1e-7
+        assert float(loss(outputs(params))) < before and stats["improvement"] > 0
     # The step uses (nearly) the whole trust region: KL(N(0,1) || N(m,1)) = |m|^2 / 2.
     assert 0.5 * float(mean.detach().square().sum()) == pytest.approx(0.01, rel=0.25)
 
