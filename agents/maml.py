@@ -24,7 +24,7 @@ from typing import Annotated, Any, Literal
 
 import torch
 import tyro
-from torch.func import functional_call, vmap
+from torch.func import vmap
 
 import metarl
 from agents.baselines import LinearFeatureBaseline
@@ -261,7 +261,7 @@ class MAML:
         ``grad log pi grad log pi^T A`` to the Hessian that second-order
         meta-gradients differentiate through.
         """
-        dist_params = functional_call(self.policy, params, (obs, None)).dist_params
+        dist_params = self.policy.forward_with(params, obs).dist_params
         log_probs = self.policy.action_dist.log_prob(dist_params, actions)
         if self.config.inner_objective == "lvc":
             return surrogate_loss(log_probs, log_probs.detach(), advantages, mask)
@@ -403,7 +403,7 @@ class MAML:
                 self.optimizer.zero_grad()
                 loss.backward()
                 self.optimizer.step()
-            stats = {"surrogate": float(loss), "kl": float(kl(new.detach()))}
+            stats = {"surrogate": float(loss.detach()), "kl": float(kl(new.detach()))}
         if cfg.learn_inner_lr:
             with torch.no_grad():
                 for lr in self.inner_lrs.values():

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from gymnasium import spaces
 from torch import nn
+from torch.func import functional_call
 
 
 class PolicyOutput(NamedTuple):
@@ -119,14 +120,14 @@ def distribution_for(action_space: spaces.Space) -> tuple[ActionDistribution, in
 _ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu}
 
 
-def task_linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
-    """``layer(x)`` that also works when the layer's parameters carry a leading task dimension.
+def task_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """A linear layer that also works when its parameters carry a leading task dimension.
 
     With weight ``(M, out, in)``, bias ``(M, out)`` and ``x`` of shape
     ``(M, E, in)`` every task's envs meet that task's weights in one batched
     matmul; with plain parameters it is an ordinary linear layer.
     """
-    return torch.matmul(x, layer.weight.mT) + layer.bias.unsqueeze(-2)
+    return torch.matmul(x, weight.mT) + bias.unsqueeze(-2)
 
 
 class MLP(nn.Module):
@@ -140,9 +141,14 @@ class MLP(nn.Module):
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for i, layer in enumerate(self.layers):
-            x = task_linear(x, layer)
-            if i < len(self.layers) - 1:
+        return self.forward_with(dict(self.named_parameters()), x)
+
+    def forward_with(self, params: Mapping[str, torch.Tensor], x: torch.Tensor, prefix: str = "") -> torch.Tensor:
+        """The forward pass under ``params`` (names as in ``named_parameters()``, after ``prefix``)."""
+        last = len(self.layers) - 1
+        for i in range(last + 1):
+            x = task_linear(x, params[f"{prefix}layers.{i}.weight"], params[f"{prefix}layers.{i}.bias"])
+            if i < last:
                 x = self.activation(x)
         return x
 
@@ -171,6 +177,17 @@ class _PolicyBase(nn.Module):
     def initial_hidden(self, batch_size: int, device: torch.device | str) -> torch.Tensor | None:
         return torch.zeros(batch_size, self.hidden_size, device=device) if self.is_recurrent else None
 
+    def forward_with(
+        self, params: Mapping[str, torch.Tensor], obs: torch.Tensor, hidden: torch.Tensor | None = None
+    ) -> PolicyOutput:
+        """``forward`` under ``params`` (names as in ``named_parameters()``, optionally task-batched).
+
+        This default swaps the tensors into the module (``torch.func.functional_call``);
+        a policy on the rollout's hot path overrides it with plain tensor code, which
+        skips that per-call bookkeeping.
+        """
+        return functional_call(self, dict(params), (obs, hidden), tie_weights=False)
+
 
 class MLPPolicy(_PolicyBase):
     """Feed-forward policy: Gaussian (state-independent log-std) or categorical head, optional value head.
@@ -197,10 +214,15 @@ class MLPPolicy(_PolicyBase):
         self.critic = MLP([obs_dim, *hidden_sizes, 1], activation) if value_head else None
 
     def forward(self, obs: torch.Tensor, hidden: torch.Tensor | None = None) -> PolicyOutput:
-        out = self.actor(obs)
+        return self.forward_with(dict(self.named_parameters()), obs, hidden)
+
+    def forward_with(
+        self, params: Mapping[str, torch.Tensor], obs: torch.Tensor, hidden: torch.Tensor | None = None
+    ) -> PolicyOutput:
+        out = self.actor.forward_with(params, obs, "actor.")
         if self.gaussian:
-            out = _with_log_std(out, self.log_std)
-        value = self.critic(obs).squeeze(-1) if self.critic is not None else None
+            out = _with_log_std(out, params["log_std"])
+        value = self.critic.forward_with(params, obs, "critic.").squeeze(-1) if self.critic is not None else None
         return PolicyOutput(out, value, None)
 
 
@@ -216,8 +238,8 @@ def _gru_gates(input_size: int, hidden_size: int) -> tuple[nn.Linear, nn.Linear]
 def _gru_cell(x: torch.Tensor, h: torch.Tensor, input_gates: nn.Linear, hidden_gates: nn.Linear) -> torch.Tensor:
     """PyTorch's ``nn.GRUCell`` equations from plain linear layers, so they batch over per-task parameters
     (``nn.GRUCell`` has no ``vmap`` rule)."""
-    i_r, i_z, i_n = task_linear(x, input_gates).chunk(3, dim=-1)
-    h_r, h_z, h_n = task_linear(h, hidden_gates).chunk(3, dim=-1)
+    i_r, i_z, i_n = task_linear(x, input_gates.weight, input_gates.bias).chunk(3, dim=-1)
+    h_r, h_z, h_n = task_linear(h, hidden_gates.weight, hidden_gates.bias).chunk(3, dim=-1)
     reset = torch.sigmoid(i_r + h_r)
     update = torch.sigmoid(i_z + h_z)
     candidate = torch.tanh(i_n + reset * h_n)
@@ -276,10 +298,10 @@ class GRUPolicy(_PolicyBase):
             h_actor, h_critic = hidden.split(self.cell_size, dim=-1)
             h = _gru_cell(obs, h_actor, self.input_gates, self.hidden_gates)
             h_critic = _gru_cell(obs, h_critic, self.critic_input_gates, self.critic_hidden_gates)
-        out = task_linear(h, self.actor)
+        out = task_linear(h, self.actor.weight, self.actor.bias)
         if self.gaussian:
             out = _with_log_std(out, self.log_std)
-        value = task_linear(h_critic, self.critic).squeeze(-1) if self.critic is not None else None
+        value = task_linear(h_critic, self.critic.weight, self.critic.bias).squeeze(-1) if self.critic is not None else None
         state = torch.cat([h, h_critic], dim=-1) if self.separate_critic else h
         return PolicyOutput(out, value, state)
 

@@ -58,11 +58,19 @@ def task_batch_size(policy: nn.Module, params: Params) -> int | None:
     return sizes.pop()
 
 
+def _apply(policy: nn.Module, params: Params, obs: torch.Tensor, hidden: torch.Tensor | None) -> PolicyOutput:
+    """``policy`` under ``params``: its own ``forward_with`` if it has one (ours do), else ``functional_call``."""
+    forward_with = getattr(policy, "forward_with", None)
+    if forward_with is not None:
+        return forward_with(params, obs, hidden)
+    return functional_call(policy, params, (obs, hidden))
+
+
 def policy_forward(policy: nn.Module, params: Params, obs: torch.Tensor, hidden: torch.Tensor | None = None) -> PolicyOutput:
     """Run ``policy`` with ``params`` on a batch; batches over a leading task dimension of ``params`` if present."""
     num_tasks = task_batch_size(policy, params)
     if num_tasks is None:
-        return functional_call(policy, params, (obs, hidden))
+        return _apply(policy, params, obs, hidden)
     batch = obs.shape[0]
     if batch % num_tasks:
         raise ValueError(f"{batch} envs cannot be split evenly among {num_tasks} tasks' parameters")
@@ -76,13 +84,13 @@ def policy_forward(policy: nn.Module, params: Params, obs: torch.Tensor, hidden:
 
     if getattr(policy, "task_batched_forward", False):
         # The policy broadcasts over the task dimension itself: one call, no vmap.
-        out = functional_call(policy, params, (split(obs), None if hidden is None else split(hidden)))
+        out = _apply(policy, params, split(obs), None if hidden is None else split(hidden))
         return PolicyOutput(*(merge(x) for x in out))
 
     present: list[bool] = []  # which PolicyOutput fields are tensors (vmap cannot return None)
 
     def one_task(p: Params, o: torch.Tensor, h: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
-        out = functional_call(policy, p, (o, h))
+        out = _apply(policy, p, o, h)
         present[:] = [x is not None for x in out]
         return tuple(x for x in out if x is not None)
 

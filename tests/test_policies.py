@@ -51,6 +51,33 @@ def test_mlp_policy_outputs() -> None:
         MLPPolicy(4, spaces.Discrete(3), activation="gelu")
 
 
+def test_mlp_policy_forward_with_matches_its_layers_shared_and_per_task() -> None:
+    """``forward_with`` (the rollout's path, no ``functional_call``) is the layers' own computation."""
+    policy = MLPPolicy(3, spaces.Box(-1, 1, (2,)), hidden_sizes=(5, 4), value_head=True, init_log_std=-0.3)
+    layers, critic = policy.actor.layers, policy.critic.layers
+
+    def reference(obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = layers[2](torch.tanh(layers[1](torch.tanh(layers[0](obs)))))
+        value = critic[2](torch.tanh(critic[1](torch.tanh(critic[0](obs))))).squeeze(-1)
+        return torch.cat([mean, policy.log_std.expand_as(mean)], dim=-1), value
+
+    obs = torch.randn(2, 6, 3)
+    params = {k: v.detach() for k, v in policy.named_parameters()}
+    out = policy.forward_with(params, obs[0])
+    with torch.no_grad():
+        expected = reference(obs[0])
+    torch.testing.assert_close(out.dist_params, expected[0])
+    torch.testing.assert_close(out.value, expected[1])
+    per_task = {k: torch.stack([v, v + 0.1]) for k, v in params.items()}  # task 1: every parameter shifted
+    batched = policy.forward_with(per_task, obs)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(0.1)
+        torch.testing.assert_close(batched.dist_params[1], reference(obs[1])[0])
+        torch.testing.assert_close(batched.value[1], reference(obs[1])[1])
+    torch.testing.assert_close(batched.dist_params[0], expected[0])
+
+
 def test_gru_cell_matches_torch() -> None:
     policy = GRUPolicy(5, spaces.Discrete(3), hidden_size=8)
     reference = torch.nn.GRUCell(5, 8)

@@ -9,7 +9,7 @@ import envs  # noqa: F401
 import metarl
 from agents.losses import surrogate_loss
 from agents.maml import MAML, MAMLConfig, _Batch
-from agents.trpo import fisher_vector_product, flat, trpo_step
+from agents.trpo import conjugate_gradient, fisher_vector_product, flat, trpo_step
 from envs.navigation import NavigationTasks
 from metarl.evaluation import EvalConfig, held_out_tasks
 from metarl.rollout import policy_forward
@@ -182,6 +182,18 @@ def test_fisher_vector_product_is_the_kl_hessian_through_adaptation(inner_steps:
         v = {k: torch.randn(t.shape, generator=gen, dtype=torch.float64) for k, t in outer.items()}
         _, exact = torch.autograd.functional.hvp(kl_of_flat, tuple(outer.values()), tuple(v.values()))
         torch.testing.assert_close(product(flat(v)), flat(list(exact)), rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.parametrize("iters", [3, 8])
+def test_conjugate_gradient_solves_and_returns_the_quadratic_form(iters: int) -> None:
+    gen = torch.Generator().manual_seed(4)
+    root = torch.randn(8, 8, generator=gen, dtype=torch.float64)
+    matrix = root @ root.T + 0.5 * torch.eye(8, dtype=torch.float64)
+    b = torch.randn(8, generator=gen, dtype=torch.float64)
+    x, quadratic = conjugate_gradient(lambda v: matrix @ v, b, iters)
+    assert float(quadratic) == pytest.approx(float(x @ matrix @ x), rel=1e-9)
+    if iters == 8:  # n iterations solve an n-dimensional system exactly (up to rounding)
+        torch.testing.assert_close(x, torch.linalg.solve(matrix, b), rtol=1e-6, atol=1e-8)
 
 
 def test_trpo_step_respects_the_kl_bound_and_improves() -> None:
