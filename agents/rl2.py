@@ -54,6 +54,9 @@ class RL2Config:
     """Discount within a trial."""
     gae_lambda: float = 0.3
     """GAE lambda (the RL² paper uses 0.3 for bandits)."""
+    reward_scale: float = 1.0
+    """Multiplies rewards before advantages and value targets (the policy still sees raw rewards), so a long
+    trial's values stay of order one, e.g. 0.05 for 100-pull bandits; reported returns are unscaled."""
     ppo: PPOSettings = dataclasses.field(default_factory=PPOSettings)
     """PPO update settings (epochs, minibatches, clip, learning rate, BPTT length, ...)."""
     eval_envs_per_task: int = 4
@@ -69,6 +72,8 @@ class RL2Config:
         for name in ("gamma", "gae_lambda"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)!r}")
+        if not self.reward_scale > 0:
+            raise ValueError(f"reward_scale must be positive, got {self.reward_scale!r}")
         if self.num_envs < self.ppo.num_minibatches:
             raise ValueError(f"num_envs ({self.num_envs}) must be at least ppo.num_minibatches ({self.ppo.num_minibatches})")
 
@@ -111,7 +116,7 @@ class RL2:
         traj, _ = collect(self.env, self.policy, params, self.trial_steps, start(self.env, self.policy), self.action_generator)
         sampled = time.perf_counter()
         nv = next_values(traj.values, traj.last_value, traj.terminated, traj.truncated, traj.final_values)
-        advantages, returns = gae(traj.rewards, traj.values, nv, traj.done, cfg.gamma, cfg.gae_lambda)
+        advantages, returns = gae(traj.rewards * cfg.reward_scale, traj.values, nv, traj.done, cfg.gamma, cfg.gae_lambda)
         stats = ppo_update(self.policy, self.optimizer, traj, advantages, returns, cfg.ppo, self.minibatch_generator)
         self.iteration += 1
         trials = traj.episode_stats()

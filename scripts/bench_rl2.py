@@ -59,6 +59,8 @@ class BenchConfig:
     dominates it and RL² stays at random level on 100-pull trials (BENCHMARKS.md)."""
     gae_lambda: float = 0.3
     """GAE lambda (the RL² paper's 0.3 for bandits)."""
+    reward_scale: float = 1.0
+    """Rewards are multiplied by this for advantages and value targets (see RL2Config.reward_scale)."""
     ent_coef: float = 0.01
     """Entropy bonus."""
     separate_critic: bool = False
@@ -88,6 +90,7 @@ def run_setting(name: str, config: BenchConfig) -> dict[str, object]:
             hidden_size=config.hidden_size,
             separate_critic=config.separate_critic,
             gae_lambda=config.gae_lambda,
+            reward_scale=config.reward_scale,
             eval_envs_per_task=config.trials_per_task,
             ppo=PPOSettings(lr=config.lr, vf_coef=config.vf_coef, ent_coef=config.ent_coef),
             device=config.device,

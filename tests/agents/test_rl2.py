@@ -10,6 +10,7 @@ import metarl
 from agents.ppo import PPOSettings, _task_columns, replay_sequence
 from agents.rl2 import RL2, RL2Config
 from metarl.policies import GRUPolicy, init_parameters
+from metarl.returns import gae
 from metarl.rollout import collect, start
 from metarl.trials import TrialEnv
 
@@ -70,12 +71,29 @@ def test_adaptation_curve_is_per_episode_of_a_trial() -> None:
     torch.testing.assert_close(curve, agent.adaptation_curve(tasks, 2, torch.Generator().manual_seed(0)))
 
 
+def test_reward_scale_scales_the_value_targets_not_the_reported_return(monkeypatch: pytest.MonkeyPatch) -> None:
+    import agents.rl2
+
+    seen: list[torch.Tensor] = []
+
+    def spy(rewards: torch.Tensor, *args, **kwargs):
+        seen.append(rewards.clone())
+        return gae(rewards, *args, **kwargs)
+
+    monkeypatch.setattr(agents.rl2, "gae", spy)
+    reported = [RL2(RL2Config(**TINY, reward_scale=scale)).meta_train_step()["trial_return"] for scale in (1.0, 0.25)]
+    assert seen[0].abs().sum() > 0  # the trials collected some reward
+    torch.testing.assert_close(seen[1], 0.25 * seen[0])  # same seed, same first rollout
+    assert reported[0] == reported[1]
+
+
 @pytest.mark.parametrize(
     ("override", "match"),
     [
         ({"episodes_per_trial": 0}, "episodes_per_trial must be a positive int, got 0"),
         ({"gae_lambda": 2.0}, r"gae_lambda must lie in \[0, 1\], got 2.0"),
         ({"num_envs": 2}, r"num_envs \(2\) must be at least ppo.num_minibatches \(4\)"),
+        ({"reward_scale": 0.0}, "reward_scale must be positive, got 0.0"),
     ],
 )
 def test_bad_settings_are_refused(override: dict, match: str) -> None:
