@@ -14,14 +14,6 @@ def flat(tensors: Params | list[torch.Tensor] | tuple[torch.Tensor, ...]) -> tor
     return torch.cat([t.reshape(-1) for t in values])
 
 
-def unflat(vector: torch.Tensor, like: Params) -> Params:
-    out, offset = {}, 0
-    for name, t in like.items():
-        out[name] = vector[offset : offset + t.numel()].view_as(t)
-        offset += t.numel()
-    return out
-
-
 def conjugate_gradient(
     matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, iters: int, tol: float = 1e-10
 ) -> tuple[torch.Tensor, torch.Tensor]:
