@@ -306,20 +306,30 @@ class MAML:
             params = self._adapt(params, lrs, batch, first_order=self.config.first_order)
         return params
 
-    def _sample_adaptation(self, env: TensorEnv, num_tasks: int, num_steps: int) -> tuple[list[_Batch], _Batch, Params]:
-        """Roll out and adapt ``num_steps`` times, keeping no graph.
+    def _sample_adaptation(
+        self, env: TensorEnv, num_tasks: int, num_steps: int, differentiable: bool = False
+    ) -> tuple[list[_Batch], _Batch, Params]:
+        """Roll out and adapt ``num_steps`` times.
 
-        Returns the inner batches, the last batch and the parameters it was sampled with (the adapted ones).
+        Returns the inner batches, the last batch and the parameters it was
+        sampled with (the adapted ones). With ``differentiable``, those come
+        with the adaptation's graph to the outer parameters (what the
+        meta-gradient differentiates, so it need not replay the adaptation);
+        otherwise no graph is kept.
         """
         params, lrs = self._split_outer(self._outer_params())
-        params = {k: v.detach() for k, v in params.items()}
-        lrs = {k: v.detach() for k, v in lrs.items()}
+        if not differentiable:
+            params = {k: v.detach() for k, v in params.items()}
+            lrs = {k: v.detach() for k, v in lrs.items()}
+        first_order = self.config.first_order or not differentiable
         inner: list[_Batch] = []
-        batch = self._rollout(env, params, num_tasks)
+        batch = self._rollout(env, {k: v.detach() for k, v in params.items()}, num_tasks)
         for _ in range(num_steps):
             inner.append(batch)
-            params = {k: v.detach() for k, v in self._adapt(params, lrs, batch, first_order=True).items()}
-            batch = self._rollout(env, params, num_tasks)
+            params = self._adapt(params, lrs, batch, first_order=first_order)
+            if not differentiable:
+                params = {k: v.detach() for k, v in params.items()}
+            batch = self._rollout(env, {k: v.detach() for k, v in params.items()}, num_tasks)
         return inner, batch, params
 
     # --- the outer loop ---------------------------------------------------------------
@@ -343,10 +353,13 @@ class MAML:
             adapted = self._replay_adaptation(outer, inner)
             if shift:
                 adapted = {k: v + shift[k] for k, v in adapted.items()}
-            flat_obs = valid.obs.flatten(0, 1)
-            return policy_forward(self.policy, adapted, flat_obs).dist_params.reshape(*valid.obs.shape[:2], -1)
+            return self._dist_params_on(valid, adapted)
 
         return outputs
+
+    def _dist_params_on(self, batch: _Batch, params: Params) -> torch.Tensor:
+        """The policy's distribution parameters on ``batch``'s observations under (per-task) ``params``."""
+        return policy_forward(self.policy, params, batch.obs.flatten(0, 1)).dist_params.reshape(*batch.obs.shape[:2], -1)
 
     def _kl_fn(self, valid: _Batch) -> Callable[[torch.Tensor], torch.Tensor]:
         """Mean KL(new || sampling policy) on ``valid``'s samples, as TRPO's reference implementations measure it."""
@@ -364,7 +377,8 @@ class MAML:
         tasks = self.family.task_space.sample(num_tasks, generator=self.task_generator, split="train")
         self.env.set_tasks(tasks.repeat_interleave(cfg.episodes_per_task))
         began = time.perf_counter()
-        inner, valid, adapted = self._sample_adaptation(self.env, num_tasks, cfg.inner_steps)
+        # TRPO's gradient reuses the adaptation the validation rollout was sampled with, graph included.
+        inner, valid, adapted = self._sample_adaptation(self.env, num_tasks, cfg.inner_steps, differentiable=cfg.outer == "trpo")
         sampled = time.perf_counter()
         dist = self.policy.action_dist
 
@@ -381,7 +395,8 @@ class MAML:
                 k, envs = cfg.fisher_subsample, cfg.episodes_per_task
                 fisher_valid = valid.every_kth_step(k, envs)
                 fisher_inner = [b.every_kth_step(k, envs) for b in inner]
-                fisher = (self._outputs_fn(fisher_inner, fisher_valid, exact_at=(params, adapted)), self._kl_fn(fisher_valid))
+                exact = {k: v.detach() for k, v in adapted.items()}
+                fisher = (self._outputs_fn(fisher_inner, fisher_valid, exact_at=(params, exact)), self._kl_fn(fisher_valid))
             stats = trpo_step(
                 params,
                 surrogate,
@@ -393,6 +408,7 @@ class MAML:
                 cfg.ls_max_steps,
                 cfg.ls_backtrack,
                 fisher=fisher,
+                outputs=self._dist_params_on(valid, adapted),
             )
         else:
             assert self.optimizer is not None

@@ -88,6 +88,7 @@ def trpo_step(
     ls_max_steps: int = 15,
     ls_backtrack: float = 0.8,
     fisher: tuple[Callable[[Params], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]] | None = None,
+    outputs: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """One TRPO update of ``params`` (leaf tensors, changed in place).
 
@@ -101,6 +102,8 @@ def trpo_step(
         fisher: ``(outputs_fn, kl_fn)`` on a subsample of the samples, used
             only for the Fisher-vector products (OpenAI Baselines' TRPO uses
             every 5th sample); the line search still checks the full KL.
+        outputs: ``outputs_fn(params)`` with its graph, if the caller already
+            has it (MAML keeps the adaptation it sampled with); else computed here.
 
     Conjugate gradient on :func:`fisher_vector_product` gives the
     natural-gradient direction, scaled to the KL bound; a backtracking line
@@ -109,7 +112,7 @@ def trpo_step(
     for both checks.
     """
     leaves = list(params.values())
-    loss = loss_fn(outputs_fn(params))
+    loss = loss_fn(outputs_fn(params) if outputs is None else outputs)
     grads = flat(torch.autograd.grad(loss, leaves))
     fisher_outputs_fn, fisher_kl_fn = fisher or (outputs_fn, kl_fn)
     fisher_vector = fisher_vector_product(params, fisher_outputs_fn, fisher_kl_fn, cg_damping)
@@ -121,8 +124,8 @@ def trpo_step(
     with torch.no_grad():
         for i in range(ls_max_steps):
             _assign(leaves, old + ls_backtrack**i * step)
-            outputs = outputs_fn(params)
-            new_loss, new_kl = loss_fn(outputs), kl_fn(outputs)
+            new_outputs = outputs_fn(params)
+            new_loss, new_kl = loss_fn(new_outputs), kl_fn(new_outputs)
             if new_loss < old_loss and new_kl <= max_kl:
                 stats.update(kl=float(new_kl), line_search_steps=float(i), improvement=float(old_loss - new_loss))
                 return stats

@@ -145,6 +145,24 @@ def test_fisher_subsample_picks_every_kth_step_and_keeps_the_adapted_point() -> 
     assert not torch.allclose(unshifted, shifted)  # the subsampled adaptation alone lands elsewhere
 
 
+@pytest.mark.parametrize("learn_inner_lr", [False, True])
+def test_sampled_adaptation_with_graph_equals_its_replay(learn_inner_lr: bool) -> None:
+    """TRPO's gradient differentiates the adaptation kept from sampling; it must be the replayed function."""
+    agent = MAML(MAMLConfig(**{**TINY, "inner_steps": 2, "learn_inner_lr": learn_inner_lr}))
+    agent.env.set_tasks(agent.family.task_space.sample(3, generator=agent.task_generator).repeat_interleave(2))
+    inner, _, kept = agent._sample_adaptation(agent.env, 3, 2, differentiable=True)
+    outer = agent._outer_params()
+    replayed = agent._replay_adaptation(outer, inner)
+    weights = {k: torch.randn(v.shape, generator=torch.Generator().manual_seed(5)) for k, v in kept.items()}
+
+    def gradient(adapted: dict[str, torch.Tensor]) -> torch.Tensor:
+        return flat(torch.autograd.grad(sum((weights[k] * v).sum() for k, v in adapted.items()), list(outer.values())))
+
+    for k in kept:
+        torch.testing.assert_close(kept[k], replayed[k], rtol=0, atol=0)
+    torch.testing.assert_close(gradient(kept), gradient(replayed))
+
+
 def test_only_each_envs_first_episode_counts() -> None:
     """An env that terminates early autoresets; MAML's batch must mask out the steps after that."""
     agent = MAML(MAMLConfig(**{**TINY, "horizon": 8}))
