@@ -235,11 +235,12 @@ def _gru_gates(input_size: int, hidden_size: int) -> tuple[nn.Linear, nn.Linear]
     return input_gates, hidden_gates
 
 
-def _gru_cell(x: torch.Tensor, h: torch.Tensor, input_gates: nn.Linear, hidden_gates: nn.Linear) -> torch.Tensor:
-    """PyTorch's ``nn.GRUCell`` equations from plain linear layers, so they batch over per-task parameters
-    (``nn.GRUCell`` has no ``vmap`` rule)."""
-    i_r, i_z, i_n = task_linear(x, input_gates.weight, input_gates.bias).chunk(3, dim=-1)
-    h_r, h_z, h_n = task_linear(h, hidden_gates.weight, hidden_gates.bias).chunk(3, dim=-1)
+def _gru_cell(x: torch.Tensor, h: torch.Tensor, params: Mapping[str, torch.Tensor], prefix: str) -> torch.Tensor:
+    """PyTorch's ``nn.GRUCell`` equations from the gate layers ``{prefix}input_gates`` and
+    ``{prefix}hidden_gates`` of ``params``, so they batch over per-task parameters (``nn.GRUCell`` has no
+    ``vmap`` rule)."""
+    i_r, i_z, i_n = task_linear(x, params[f"{prefix}input_gates.weight"], params[f"{prefix}input_gates.bias"]).chunk(3, -1)
+    h_r, h_z, h_n = task_linear(h, params[f"{prefix}hidden_gates.weight"], params[f"{prefix}hidden_gates.bias"]).chunk(3, -1)
     reset = torch.sigmoid(i_r + h_r)
     update = torch.sigmoid(i_z + h_z)
     candidate = torch.tanh(i_n + reset * h_n)
@@ -290,18 +291,25 @@ class GRUPolicy(_PolicyBase):
         return self.input_gates, self.hidden_gates
 
     def forward(self, obs: torch.Tensor, hidden: torch.Tensor | None = None) -> PolicyOutput:
+        return self.forward_with(dict(self.named_parameters()), obs, hidden)
+
+    def forward_with(
+        self, params: Mapping[str, torch.Tensor], obs: torch.Tensor, hidden: torch.Tensor | None = None
+    ) -> PolicyOutput:
         if hidden is None:
             hidden = obs.new_zeros(*obs.shape[:-1], self.hidden_size)
         if not self.separate_critic:
-            h = h_critic = _gru_cell(obs, hidden, self.input_gates, self.hidden_gates)
+            h = h_critic = _gru_cell(obs, hidden, params, "")
         else:
             h_actor, h_critic = hidden.split(self.cell_size, dim=-1)
-            h = _gru_cell(obs, h_actor, self.input_gates, self.hidden_gates)
-            h_critic = _gru_cell(obs, h_critic, self.critic_input_gates, self.critic_hidden_gates)
-        out = task_linear(h, self.actor.weight, self.actor.bias)
+            h = _gru_cell(obs, h_actor, params, "")
+            h_critic = _gru_cell(obs, h_critic, params, "critic_")
+        out = task_linear(h, params["actor.weight"], params["actor.bias"])
         if self.gaussian:
-            out = _with_log_std(out, self.log_std)
-        value = task_linear(h_critic, self.critic.weight, self.critic.bias).squeeze(-1) if self.critic is not None else None
+            out = _with_log_std(out, params["log_std"])
+        value = None
+        if self.critic is not None:
+            value = task_linear(h_critic, params["critic.weight"], params["critic.bias"]).squeeze(-1)
         state = torch.cat([h, h_critic], dim=-1) if self.separate_critic else h
         return PolicyOutput(out, value, state)
 

@@ -90,6 +90,23 @@ def test_gru_cell_matches_torch() -> None:
     torch.testing.assert_close(policy(x, h).hidden, reference(x, h))
 
 
+@pytest.mark.parametrize("separate_critic", [False, True])
+def test_gru_policy_forward_with_per_task_parameters(separate_critic: bool) -> None:
+    policy = GRUPolicy(3, spaces.Box(-1, 1, (2,)), hidden_size=6, separate_critic=separate_critic)
+    params = {k: v.detach() for k, v in policy.named_parameters()}
+    per_task = {k: torch.stack([v, v + 0.1]) for k, v in params.items()}
+    obs, hidden = torch.randn(2, 4, 3), torch.randn(2, 4, policy.hidden_size)
+    batched = policy.forward_with(per_task, obs, hidden)
+    with torch.no_grad():
+        expected = [policy(obs[0], hidden[0])]
+        for p in policy.parameters():
+            p.add_(0.1)
+        expected.append(policy(obs[1], hidden[1]))
+    for task in (0, 1):
+        for got, want in zip(batched, expected[task], strict=True):
+            torch.testing.assert_close(got[task], want)
+
+
 def test_separate_critic_has_its_own_memory() -> None:
     """The value head reads a second GRU: the actor's outputs and memory are those of a shared-memory policy with
     the same actor weights, whatever the critic's weights; the value is the critic GRU's, and only it moves the value."""
