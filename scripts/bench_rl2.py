@@ -63,6 +63,8 @@ class BenchConfig:
     """Rewards are multiplied by this for advantages and value targets (see RL2Config.reward_scale)."""
     ent_coef: float = 0.01
     """Entropy bonus."""
+    bptt_length: int | None = None
+    """Truncated-BPTT chunk length of the PPO update (None: whole trials)."""
     separate_critic: bool = False
     """Give the value head its own GRU instead (twice the compute per step)."""
     num_tasks: int = 1000
@@ -92,7 +94,7 @@ def run_setting(name: str, config: BenchConfig) -> dict[str, object]:
             gae_lambda=config.gae_lambda,
             reward_scale=config.reward_scale,
             eval_envs_per_task=config.trials_per_task,
-            ppo=PPOSettings(lr=config.lr, vf_coef=config.vf_coef, ent_coef=config.ent_coef),
+            ppo=PPOSettings(lr=config.lr, vf_coef=config.vf_coef, ent_coef=config.ent_coef, bptt_length=config.bptt_length),
             device=config.device,
             seed=config.seed,
         )
