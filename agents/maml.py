@@ -317,19 +317,20 @@ class MAML:
         meta-gradient differentiates, so it need not replay the adaptation);
         otherwise no graph is kept.
         """
+
+        def detached(tensors: Params) -> Params:
+            return {k: v.detach() for k, v in tensors.items()}
+
         params, lrs = self._split_outer(self._outer_params())
         if not differentiable:
-            params = {k: v.detach() for k, v in params.items()}
-            lrs = {k: v.detach() for k, v in lrs.items()}
+            params, lrs = detached(params), detached(lrs)
         first_order = self.config.first_order or not differentiable
         inner: list[_Batch] = []
-        batch = self._rollout(env, {k: v.detach() for k, v in params.items()}, num_tasks)
+        batch = self._rollout(env, detached(params), num_tasks)
         for _ in range(num_steps):
             inner.append(batch)
             params = self._adapt(params, lrs, batch, first_order=first_order)
-            if not differentiable:
-                params = {k: v.detach() for k, v in params.items()}
-            batch = self._rollout(env, {k: v.detach() for k, v in params.items()}, num_tasks)
+            batch = self._rollout(env, detached(params), num_tasks)
         return inner, batch, params
 
     # --- the outer loop ---------------------------------------------------------------

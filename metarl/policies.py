@@ -19,7 +19,6 @@ import torch
 import torch.nn.functional as F
 from gymnasium import spaces
 from torch import nn
-from torch.func import functional_call
 
 
 class PolicyOutput(NamedTuple):
@@ -164,6 +163,12 @@ class _PolicyBase(nn.Module):
     ``task_batched_forward``: ``forward`` accepts parameters with a leading task
     dimension M and inputs shaped ``(M, E, ...)`` (the engine then calls it
     directly instead of through ``vmap``).
+
+    ``forward_with(params, obs, hidden)`` (both our policies): ``forward``
+    under a name -> tensor dict like ``named_parameters()``, in plain tensor
+    code. The engine calls it on every step; for a module without it, it falls
+    back to ``torch.func.functional_call``, which swaps every tensor into the
+    module on each call.
     """
 
     action_dist: ActionDistribution
@@ -176,17 +181,6 @@ class _PolicyBase(nn.Module):
 
     def initial_hidden(self, batch_size: int, device: torch.device | str) -> torch.Tensor | None:
         return torch.zeros(batch_size, self.hidden_size, device=device) if self.is_recurrent else None
-
-    def forward_with(
-        self, params: Mapping[str, torch.Tensor], obs: torch.Tensor, hidden: torch.Tensor | None = None
-    ) -> PolicyOutput:
-        """``forward`` under ``params`` (names as in ``named_parameters()``, optionally task-batched).
-
-        This default swaps the tensors into the module (``torch.func.functional_call``);
-        a policy on the rollout's hot path overrides it with plain tensor code, which
-        skips that per-call bookkeeping.
-        """
-        return functional_call(self, dict(params), (obs, hidden), tie_weights=False)
 
 
 class MLPPolicy(_PolicyBase):
