@@ -396,8 +396,7 @@ class MAML:
                 k, envs = cfg.fisher_subsample, cfg.episodes_per_task
                 fisher_valid = valid.every_kth_step(k, envs)
                 fisher_inner = [b.every_kth_step(k, envs) for b in inner]
-                exact = {k: v.detach() for k, v in adapted.items()}
-                fisher = (self._outputs_fn(fisher_inner, fisher_valid, exact_at=(params, exact)), self._kl_fn(fisher_valid))
+                fisher = (self._outputs_fn(fisher_inner, fisher_valid, exact_at=(params, adapted)), self._kl_fn(fisher_valid))
             stats = trpo_step(
                 params,
                 surrogate,

@@ -83,13 +83,13 @@ class BenchConfig:
     """Meta-iterations of the pretrained baseline (no inner loop)."""
     seed: int = 0
     """Seed of the learning run."""
-    learn_inner_lr: bool = False
+    learn_inner_lr: bool = MAMLConfig.learn_inner_lr
     """Learning run: meta-learn the inner step sizes (Meta-SGD) instead of the fixed 0.1."""
-    learn_log_std: bool = True
+    learn_log_std: bool = MAMLConfig.learn_log_std
     """Learning run: meta-learn the policy's log-std (False: keep it at its initial value)."""
-    init_log_std: float = 0.0
+    init_log_std: float = MAMLConfig.init_log_std
     """Learning run: the policy's initial log-std."""
-    meta_batch_size: int = 20
+    meta_batch_size: int = MAMLConfig.meta_batch_size
     """Learning run: tasks per meta-iteration."""
     inner_objective: Literal["reinforce", "lvc"] = MAMLConfig.inner_objective
     """Learning run: the inner loss ('reinforce': the MAML paper's; 'lvc': ProMP's low-variance curvature form)."""

@@ -57,13 +57,13 @@ class BenchConfig:
     vf_coef: float = 0.02
     """Value-loss weight. The GRU is shared by the policy and value heads; at 0.5 the value regression
     dominates it and RL² stays at random level on 100-pull trials (BENCHMARKS.md)."""
-    gae_lambda: float = 0.3
+    gae_lambda: float = RL2Config.gae_lambda
     """GAE lambda (the RL² paper's 0.3 for bandits)."""
-    reward_scale: float = 1.0
+    reward_scale: float = RL2Config.reward_scale
     """Rewards are multiplied by this for advantages and value targets (see RL2Config.reward_scale)."""
     ent_coef: float = 0.01
     """Entropy bonus."""
-    bptt_length: int | None = None
+    bptt_length: int | None = PPOSettings.bptt_length
     """Truncated-BPTT chunk length of the PPO update (None: whole trials)."""
     separate_critic: bool = False
     """Give the value head its own GRU instead (twice the compute per step)."""
