@@ -1,27 +1,38 @@
-"""RL² against the classic bandit and tabular-MDP algorithms, on held-out tasks.
+"""RL² against the classic bandit and tabular-MDP algorithms, and on control families, on held-out tasks.
 
-For each setting (Bernoulli bandits with arm means ~ U[0,1]: k=5/n=10,
-k=10/n=100, k=5/n=100; tabular MDPs with 10 states, 5 actions, 10 episodes of
-10 steps), meta-train RL² for a wall-clock budget, then score the total reward
-per trial on held-out tasks beside random, greedy, epsilon-greedy, UCB1,
-Thompson sampling and the Gittins-index policy (bandits) or random and PSRL
-(MDPs), all on the same tasks. The RL² paper's figures (Duan et al. 2016,
-Table 1 and section 4.2) belong beside these; they are not reproduced here
-from memory.
+For each setting, meta-train RL² for a wall-clock budget, then score it on
+held-out tasks:
+
+- Bernoulli bandits with arm means ~ U[0,1] (k=5/n=10, k=10/n=100,
+  k=5/n=100) and tabular MDPs (10 states, 5 actions, 10 episodes of 10
+  steps): total reward per trial beside random, greedy, epsilon-greedy, UCB1,
+  Thompson sampling and the Gittins-index policy (bandits) or random and PSRL
+  (MDPs), all on the same tasks. The RL² paper's figures (Duan et al. 2016,
+  Tables 1 and 2) are quoted beside ours in BENCHMARKS.md.
+- Navigation2D with 2 episodes per trial (the goal is found in the first,
+  the second should go straight to it) and Pendulum with varying gravity, mass
+  and length (2 episodes per trial): the return of each episode of a trial on
+  40 held-out tasks x 3 seeds (the evaluator's protocol, as for MAML), beside
+  the untrained network and the oracle where the family has one.
+
+Each setting has its own hyperparameters (``SETTINGS``); a flag given on the
+command line overrides them for every setting run.
 
 Run::
 
-    python scripts/bench_rl2.py                          # every setting, 5 minutes of training each, CPU
+    python scripts/bench_rl2.py                          # every bandit/MDP setting, 5 minutes of training each, CPU
     python scripts/bench_rl2.py --settings bandit-k5-n10 --minutes 20
+    python scripts/bench_rl2.py --settings navigation2d pendulum --minutes 30
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import tyro
@@ -30,45 +41,77 @@ import envs  # noqa: F401  (registers the built-in task families)
 from agents.ppo import PPOSettings
 from agents.rl2 import RL2, RL2Config
 from envs.reference_policies import reference_learners
-from metarl.evaluation import mean_ci
+from metarl.evaluation import EvalConfig, evaluate, held_out_tasks, mean_ci, oracle_returns
 from metarl.machine import machine_info
 
-Setting = Literal["bandit-k5-n10", "bandit-k10-n100", "bandit-k5-n100", "mdp-10x5"]
-SETTINGS: dict[str, tuple[str, dict[str, int], int]] = {
-    "bandit-k5-n10": ("metarl/BernoulliBandit-v0", {"num_arms": 5, "num_pulls": 10}, 1),
-    "bandit-k10-n100": ("metarl/BernoulliBandit-v0", {"num_arms": 10, "num_pulls": 100}, 1),
-    "bandit-k5-n100": ("metarl/BernoulliBandit-v0", {"num_arms": 5, "num_pulls": 100}, 1),
-    "mdp-10x5": ("metarl/TabularMDP-v0", {"num_states": 10, "num_actions": 5, "episode_length": 10}, 10),
+SettingName = Literal["bandit-k5-n10", "bandit-k10-n100", "bandit-k5-n100", "mdp-10x5", "navigation2d", "pendulum"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """A task family, its trial shape, and the RL² hyperparameters used on it (flags override them)."""
+
+    env_id: str
+    env_kwargs: dict[str, int]
+    episodes_per_trial: int
+    hyperparameters: dict[str, Any]
+    """Values of :class:`BenchConfig`'s hyperparameter fields for this setting."""
+    against_reference_policies: bool = True
+    """Score total reward per trial on 1,000 tasks beside the family's reference policies; otherwise
+    the per-episode curve of the evaluator's protocol beside the untrained network and the oracle."""
+
+
+# Bandits and MDPs: the settings that lifted RL² off random level (BENCHMARKS.md: value-loss weight 0.02
+# for the shared GRU, the paper's GAE lambda 0.3). Control: rewards scaled so that values stay of order
+# one, a long-horizon lambda, and no entropy bonus (the Gaussian's entropy only widens clipped actions).
+BANDIT_HYPERPARAMETERS = dict(
+    num_envs=512, lr=1e-3, vf_coef=0.02, gae_lambda=0.3, reward_scale=1.0, ent_coef=0.01, bptt_length=None
+)
+CONTROL_HYPERPARAMETERS = dict(
+    num_envs=256, lr=3e-4, vf_coef=0.5, gae_lambda=0.95, reward_scale=0.1, ent_coef=0.0, bptt_length=None
+)
+SETTINGS: dict[str, Setting] = {
+    "bandit-k5-n10": Setting("metarl/BernoulliBandit-v0", {"num_arms": 5, "num_pulls": 10}, 1, BANDIT_HYPERPARAMETERS),
+    "bandit-k10-n100": Setting("metarl/BernoulliBandit-v0", {"num_arms": 10, "num_pulls": 100}, 1, BANDIT_HYPERPARAMETERS),
+    "bandit-k5-n100": Setting("metarl/BernoulliBandit-v0", {"num_arms": 5, "num_pulls": 100}, 1, BANDIT_HYPERPARAMETERS),
+    "mdp-10x5": Setting(
+        "metarl/TabularMDP-v0", {"num_states": 10, "num_actions": 5, "episode_length": 10}, 10, BANDIT_HYPERPARAMETERS
+    ),
+    "navigation2d": Setting("metarl/Navigation2D-v0", {}, 2, CONTROL_HYPERPARAMETERS, against_reference_policies=False),
+    "pendulum": Setting(
+        "metarl/Pendulum-v0", {}, 2, {**CONTROL_HYPERPARAMETERS, "reward_scale": 0.01}, against_reference_policies=False
+    ),
 }
 
 
 @dataclasses.dataclass
 class BenchConfig:
-    settings: tuple[Setting, ...] = ("bandit-k5-n10", "bandit-k10-n100", "bandit-k5-n100", "mdp-10x5")
+    settings: tuple[SettingName, ...] = ("bandit-k5-n10", "bandit-k10-n100", "bandit-k5-n100", "mdp-10x5")
     """Settings to run."""
     minutes: float = 5.0
     """Meta-training wall-clock budget per setting."""
-    num_envs: int = 512
-    """Trials per meta-iteration."""
+    num_envs: int | None = None
+    """Trials per meta-iteration (default: the setting's own, see SETTINGS)."""
     hidden_size: int = 128
     """GRU width."""
-    lr: float = 1e-3
-    """PPO step size."""
-    vf_coef: float = 0.02
-    """Value-loss weight. The GRU is shared by the policy and value heads; at 0.5 the value regression
-    dominates it and RL² stays at random level on 100-pull trials (BENCHMARKS.md)."""
-    gae_lambda: float = RL2Config.gae_lambda
-    """GAE lambda (the RL² paper's 0.3 for bandits)."""
-    reward_scale: float = RL2Config.reward_scale
-    """Rewards are multiplied by this for advantages and value targets (see RL2Config.reward_scale)."""
-    ent_coef: float = 0.01
-    """Entropy bonus."""
-    bptt_length: int | None = PPOSettings.bptt_length
-    """Truncated-BPTT chunk length of the PPO update (None: whole trials)."""
+    lr: float | None = None
+    """PPO step size (default: the setting's own)."""
+    vf_coef: float | None = None
+    """Value-loss weight (default: the setting's own). The GRU is shared by the policy and value heads; at 0.5
+    the value regression dominates it and RL² stays at random level on 100-pull trials (BENCHMARKS.md)."""
+    gae_lambda: float | None = None
+    """GAE lambda (default: the setting's own; the RL² paper's 0.3 for bandits)."""
+    reward_scale: float | None = None
+    """Rewards are multiplied by this for advantages and value targets (see RL2Config.reward_scale;
+    default: the setting's own)."""
+    ent_coef: float | None = None
+    """Entropy bonus (default: the setting's own)."""
+    bptt_length: int | None = None
+    """Truncated-BPTT chunk length of the PPO update (default: the setting's own, whole trials everywhere)."""
     separate_critic: bool = False
     """Give the value head its own GRU instead (twice the compute per step)."""
     num_tasks: int = 1000
-    """Held-out tasks scored per setting."""
+    """Held-out tasks scored per bandit/MDP setting (control settings: the evaluator's 40 tasks x 3 seeds)."""
     trials_per_task: int = 2
     """Trials per held-out task (for RL² and every reference policy)."""
     device: str = "cpu"
@@ -81,41 +124,43 @@ class BenchConfig:
     """Write every figure as JSON here."""
 
 
-def run_setting(name: str, config: BenchConfig) -> dict[str, object]:
-    env_id, env_kwargs, episodes = SETTINGS[name]
-    agent = RL2(
+def hyperparameters(setting: Setting, config: BenchConfig) -> dict[str, Any]:
+    """The setting's hyperparameters, with every field given on the command line (not None) taking precedence."""
+    given = {name: getattr(config, name) for name in setting.hyperparameters if getattr(config, name) is not None}
+    return {**setting.hyperparameters, **given}
+
+
+def make_agent(setting: Setting, config: BenchConfig, seed: int) -> RL2:
+    h = hyperparameters(setting, config)
+    return RL2(
         RL2Config(
-            env_id=env_id,
-            env_kwargs=env_kwargs,
-            episodes_per_trial=episodes,
-            num_envs=config.num_envs,
+            env_id=setting.env_id,
+            env_kwargs=setting.env_kwargs,
+            episodes_per_trial=setting.episodes_per_trial,
+            num_envs=h["num_envs"],
             hidden_size=config.hidden_size,
             separate_critic=config.separate_critic,
-            gae_lambda=config.gae_lambda,
-            reward_scale=config.reward_scale,
+            gae_lambda=h["gae_lambda"],
+            reward_scale=h["reward_scale"],
             eval_envs_per_task=config.trials_per_task,
-            ppo=PPOSettings(lr=config.lr, vf_coef=config.vf_coef, ent_coef=config.ent_coef, bptt_length=config.bptt_length),
+            ppo=PPOSettings(lr=h["lr"], vf_coef=h["vf_coef"], ent_coef=h["ent_coef"], bptt_length=h["bptt_length"]),
             device=config.device,
-            seed=config.seed,
+            seed=seed,
         )
     )
-    began, iterations = time.perf_counter(), 0
-    while time.perf_counter() - began < config.minutes * 60:
-        metrics = agent.meta_train_step()
-        iterations += 1
-    minutes = (time.perf_counter() - began) / 60
+
+
+def against_reference_policies(agent: RL2, setting: Setting, config: BenchConfig) -> dict[str, dict[str, float]]:
+    """Total reward per trial on ``config.num_tasks`` held-out tasks, RL² and the reference policies."""
     tasks = agent.family.task_space.sample(config.num_tasks, generator=torch.Generator().manual_seed(12345), split="test")
     learners = {"RL2": agent, **reference_learners(agent.family, trials_per_task=config.trials_per_task, device=config.device)}
     rows: dict[str, dict[str, float]] = {}
     for learner_name, learner in learners.items():
         # Total reward per trial: the sum over the trial's episodes of each task's mean episode return.
-        per_task = learner.adaptation_curve(tasks, episodes - 1, torch.Generator().manual_seed(0)).sum(0)
-        mean, low, high = mean_ci(per_task, 0.95)
+        curve = learner.adaptation_curve(tasks, setting.episodes_per_trial - 1, torch.Generator().manual_seed(0))
+        mean, low, high = mean_ci(curve.sum(0), 0.95)
         rows[learner_name] = {"mean": mean, "ci_half_width": (high - low) / 2}
     reference = rows.get("Gittins") or rows.get("PSRL")
-    print(
-        f"\n{name}: {iterations} meta-iterations in {minutes:.1f} min (last training trial return {metrics['trial_return']:.2f})"
-    )
     for learner_name, row in rows.items():
         gap = (
             f"  ({100 * (row['mean'] / reference['mean'] - 1):+.1f}% vs {'Gittins' if 'Gittins' in rows else 'PSRL'})"
@@ -123,7 +168,39 @@ def run_setting(name: str, config: BenchConfig) -> dict[str, object]:
             else ""
         )
         print(f"  {learner_name:22s} {row['mean']:8.2f} ± {row['ci_half_width']:.2f}{gap}")
-    return {"iterations": iterations, "minutes": minutes, "results": rows}
+    return rows
+
+
+def per_episode(agent: RL2, setting: Setting, config: BenchConfig) -> dict[str, dict[str, list[float]]]:
+    """Return of each episode of a trial on the evaluator's held-out tasks, RL², the untrained network, the oracle."""
+    eval_config = EvalConfig(num_steps=setting.episodes_per_trial - 1)
+    learners = {"RL2": agent, "untrained RL2": make_agent(setting, config, seed=config.seed + 10_000)}
+    oracle = functools.partial(oracle_returns, agent.family, device=config.device)
+    result = evaluate(learners, held_out_tasks(agent.family, eval_config), eval_config, oracle=oracle, x_label="episode in trial")
+    print(result.table())
+    rows = {name: {"mean": curve.mean, "ci_low": curve.ci_low, "ci_high": curve.ci_high} for name, curve in result.curves.items()}
+    if result.oracle is not None:
+        rows["oracle"] = {"mean": [result.oracle.mean], "ci_low": [result.oracle.ci_low], "ci_high": [result.oracle.ci_high]}
+    return rows
+
+
+def run_setting(name: str, config: BenchConfig) -> dict[str, object]:
+    setting = SETTINGS[name]
+    agent = make_agent(setting, config, config.seed)
+    began, iterations = time.perf_counter(), 0
+    while time.perf_counter() - began < config.minutes * 60:
+        metrics = agent.meta_train_step()
+        iterations += 1
+    minutes = (time.perf_counter() - began) / 60
+    print(f"\n{name}: {iterations} meta-iterations in {minutes:.1f} min, hyperparameters {hyperparameters(setting, config)}")
+    print(f"last training trial return {metrics['trial_return']:.2f}")
+    score = against_reference_policies if setting.against_reference_policies else per_episode
+    return {
+        "iterations": iterations,
+        "minutes": minutes,
+        "hyperparameters": hyperparameters(setting, config),
+        "results": score(agent, setting, config),
+    }
 
 
 def main(config: BenchConfig) -> dict[str, object]:
