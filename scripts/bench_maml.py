@@ -95,6 +95,8 @@ class BenchConfig:
     """Learning run: the inner loss ('reinforce': the MAML paper's; 'lvc': ProMP's low-variance curvature form)."""
     fisher_subsample: int = MAMLConfig.fisher_subsample
     """Learning run: TRPO Fisher-vector products on every k-th time step (1: all samples)."""
+    max_kl_half_life: float | None = MAMLConfig.max_kl_half_life
+    """Learning run: halve TRPO's KL bound every this many meta-iterations (None: constant)."""
     run_dir: Path = Path("runs/bench_maml")
     """Where the learning run writes its run directory (config, metrics, evaluation, Comet)."""
     json_out: Path | None = None
@@ -135,6 +137,7 @@ def measure_learning(config: BenchConfig, inner_loop: str) -> dict[str, object]:
         init_log_std=config.init_log_std,
         inner_objective=config.inner_objective,
         fisher_subsample=config.fisher_subsample,
+        max_kl_half_life=config.max_kl_half_life,
         device=config.device,
         seed=config.seed,
     )  # type: ignore[arg-type]
@@ -145,6 +148,7 @@ def measure_learning(config: BenchConfig, inner_loop: str) -> dict[str, object]:
         + ("" if config.learn_log_std else f"-fixedstd{config.init_log_std:g}")
         + f"-{config.inner_objective}-fisher{config.fisher_subsample}"
         + ("" if config.meta_batch_size == 20 else f"-m{config.meta_batch_size}")
+        + ("" if config.max_kl_half_life is None else f"-klhalflife{config.max_kl_half_life:g}")
     )
     out: dict[str, object] = {"run_dir": str(run_dir), "inner_loop": inner_loop, "budget_minutes": config.minutes}
     with RunLogger(run_dir, {"bench": dataclasses.asdict(config), "agent": dataclasses.asdict(agent_config)}) as logger:

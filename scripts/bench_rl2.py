@@ -191,6 +191,12 @@ def run_setting(name: str, config: BenchConfig) -> dict[str, object]:
     while time.perf_counter() - began < config.minutes * 60:
         metrics = agent.meta_train_step()
         iterations += 1
+        if iterations % 50 == 0:  # the training curve, for runs that are watched
+            print(
+                f"  iteration {iterations:5d} ({(time.perf_counter() - began) / 60:5.1f} min): "
+                f"training trial return {metrics['trial_return']:9.2f}, entropy {metrics['entropy']:.3f}",
+                flush=True,
+            )
     minutes = (time.perf_counter() - began) / 60
     print(f"\n{name}: {iterations} meta-iterations in {minutes:.1f} min, hyperparameters {hyperparameters(setting, config)}")
     print(f"last training trial return {metrics['trial_return']:.2f}")

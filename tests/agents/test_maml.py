@@ -248,6 +248,19 @@ def test_meta_update_keeps_kl_through_adaptation_within_bound(fisher_subsample: 
     assert 0 < stats["kl"] <= 0.005
 
 
+def test_kl_bound_halves_every_half_life_and_binds_each_update() -> None:
+    agent = MAML(MAMLConfig(**{**TINY, "horizon": 20, "max_kl": 0.008, "max_kl_half_life": 2}))
+    bounds = []
+    for _ in range(3):
+        bound = agent.max_kl()
+        stats = agent.meta_train_step()
+        assert stats["max_kl"] == bound
+        assert 0 < stats["kl"] <= bound
+        bounds.append(bound)
+    assert bounds == pytest.approx([0.008, 0.008 * 2**-0.5, 0.004])
+    assert MAML(MAMLConfig(**TINY)).max_kl() == MAMLConfig.max_kl  # constant without a half-life
+
+
 def test_ppo_outer_loop_runs_and_moves_parameters() -> None:
     agent = MAML(MAMLConfig(**{**TINY, "outer": "ppo", "learn_inner_lr": True}))
     before = flat({k: v.detach().clone() for k, v in agent._outer_params().items()})
@@ -323,6 +336,7 @@ def test_adaptation_curve_shape_and_no_side_effects() -> None:
         ({"meta_batch_size": 0}, "meta_batch_size must be a positive int, got 0"),
         ({"horizon": 0}, "horizon must be a positive int or None, got 0"),
         ({"max_kl": 0.0}, "max_kl must be positive"),
+        ({"max_kl_half_life": 0}, "max_kl_half_life must be positive or None, got 0"),
         ({"gamma": 1.5}, r"gamma must lie in \[0, 1\], got 1.5"),
         ({"inner_steps": -1}, "inner_steps must be a non-negative int, got -1"),
         ({"outer": "sgd"}, "outer must be 'trpo' or 'ppo', got 'sgd'"),
