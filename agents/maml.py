@@ -81,7 +81,8 @@ class MAMLConfig:
     max_kl_half_life: float | None = None
     """TRPO: halve the KL bound every this many meta-iterations (None: constant). A fixed bound keeps the
     policy moving by the same KL once the meta-gradient is mostly noise; on Navigation2D the held-out
-    return then declines after ~750-1,100 iterations (BENCHMARKS.md)."""
+    return then declines after ~750-1,100 iterations; a half-life of 800 holds it near its peak, not above it
+    (BENCHMARKS.md)."""
     cg_iters: int = 10
     """TRPO: conjugate-gradient iterations."""
     cg_damping: float = 1e-5
