@@ -409,12 +409,13 @@ class MAML:
                 fisher_valid = valid.every_kth_step(k, envs)
                 fisher_inner = [b.every_kth_step(k, envs) for b in inner]
                 fisher = (self._outputs_fn(fisher_inner, fisher_valid, exact_at=(params, adapted)), self._kl_fn(fisher_valid))
+            max_kl = self.max_kl()
             stats = trpo_step(
                 params,
                 surrogate,
                 outputs,
                 kl,
-                self.max_kl(),
+                max_kl,
                 cfg.cg_iters,
                 cfg.cg_damping,
                 cfg.ls_max_steps,
@@ -422,7 +423,7 @@ class MAML:
                 fisher=fisher,
                 outputs=self._dist_params_on(valid, adapted),
             )
-            stats["max_kl"] = self.max_kl()
+            stats["max_kl"] = max_kl
         else:
             assert self.optimizer is not None
             for _ in range(cfg.ppo_epochs):

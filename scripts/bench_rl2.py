@@ -197,16 +197,11 @@ def run_setting(name: str, config: BenchConfig) -> dict[str, object]:
                 f"training trial return {metrics['trial_return']:9.2f}, entropy {metrics['entropy']:.3f}",
                 flush=True,
             )
-    minutes = (time.perf_counter() - began) / 60
-    print(f"\n{name}: {iterations} meta-iterations in {minutes:.1f} min, hyperparameters {hyperparameters(setting, config)}")
+    minutes, used = (time.perf_counter() - began) / 60, hyperparameters(setting, config)
+    print(f"\n{name}: {iterations} meta-iterations in {minutes:.1f} min, hyperparameters {used}")
     print(f"last training trial return {metrics['trial_return']:.2f}")
     score = against_reference_policies if setting.against_reference_policies else per_episode
-    return {
-        "iterations": iterations,
-        "minutes": minutes,
-        "hyperparameters": hyperparameters(setting, config),
-        "results": score(agent, setting, config),
-    }
+    return {"iterations": iterations, "minutes": minutes, "hyperparameters": used, "results": score(agent, setting, config)}
 
 
 def main(config: BenchConfig) -> dict[str, object]:
