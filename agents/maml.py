@@ -24,13 +24,14 @@ from typing import Annotated, Any, Literal
 
 import torch
 import tyro
+from gymnasium import spaces
 from torch.func import vmap
 
 import metarl
 from agents.baselines import LinearFeatureBaseline
 from agents.losses import masked_mean, ppo_clip_loss, reinforce_loss, surrogate_loss
 from agents.trpo import trpo_step
-from metarl.env import TensorEnv
+from metarl.env import RescaledActions, TensorEnv
 from metarl.policies import MLPPolicy, init_parameters
 from metarl.returns import discounted_returns, gae, next_values
 from metarl.rollout import (
@@ -57,6 +58,10 @@ class MAMLConfig:
     """Tasks per meta-iteration (M)."""
     episodes_per_task: int = 20
     """Envs per task (E); each collects ``horizon`` steps per rollout."""
+    eval_episodes_per_task: int | None = None
+    """Episodes per task and adaptation step in ``adaptation_curve`` (held-out evaluation); default:
+    ``episodes_per_task``. The MAML paper's test script adapts with 40 (cbfinn/maml_rl,
+    ``maml_examples/test_maml_point.py``: ``batch_size=4000`` steps of horizon 100)."""
     horizon: int | None = None
     """Rollout length in steps; default: the family's episode limit."""
     inner_steps: int = 1
@@ -110,6 +115,12 @@ class MAMLConfig:
     """Policy activation (tanh or relu)."""
     init_log_std: float = 0.0
     """Initial log standard deviation of Gaussian policies."""
+    rescale_actions: bool = True
+    """Box action spaces: the policy acts in ``[-1, 1]`` per dimension, mapped onto the box
+    (:class:`metarl.env.RescaledActions`), as the MAML paper's code does through rllab's ``normalize``; its unit
+    initial noise then spans the box instead of saturating it. On Navigation2D (box ``[-0.1, 0.1]``) the
+    post-adaptation return reaches about -12 within 100 meta-iterations instead of 1,000 (BENCHMARKS.md).
+    Discrete action spaces are unaffected."""
     learn_log_std: bool = True
     """Meta-learn the Gaussian policy's log standard deviation (False: keep ``init_log_std``; the inner step still adapts it)."""
     init: Literal["xavier", "torch"] = "xavier"
@@ -120,6 +131,8 @@ class MAMLConfig:
     """Seed of every generator the agent owns (on the command line: train_metarl.py's --seed)."""
 
     def __post_init__(self) -> None:
+        if self.eval_episodes_per_task is not None:
+            check_positive_int("eval_episodes_per_task", self.eval_episodes_per_task)
         positive_ints = ("meta_batch_size", "episodes_per_task", "cg_iters", "ls_max_steps", "ppo_epochs", "fisher_subsample")
         for name in positive_ints:
             check_positive_int(name, getattr(self, name))
@@ -184,10 +197,11 @@ class MAML:
         if horizon is None:
             raise ValueError(f"{config.env_id} has no episode limit; set horizon")
         self.horizon = horizon
+        self.env = self._make_env(config.meta_batch_size, config.episodes_per_task)
         obs_space = self.family.observation_space
         policy = MLPPolicy(
             int(obs_space.shape[0]),
-            self.family.action_space,
+            self.env.single_action_space,
             config.hidden_sizes,
             config.activation,
             init_log_std=config.init_log_std,
@@ -201,8 +215,7 @@ class MAML:
         self.baseline = LinearFeatureBaseline()
         self.task_generator = torch.Generator().manual_seed(config.seed)
         self.action_generator = torch.Generator(device=self.device).manual_seed(config.seed + 1)
-        self.env = self._make_env(config.meta_batch_size)
-        self._eval_envs: dict[int, TensorEnv] = {}
+        self._eval_envs: dict[tuple[int, int], TensorEnv | RescaledActions] = {}
         self.optimizer = torch.optim.Adam(self._outer_params().values(), lr=config.outer_lr) if config.outer == "ppo" else None
         self.iteration = 0
 
@@ -222,17 +235,15 @@ class MAML:
             params.update({f"inner_lr/{k}": v for k, v in self.inner_lrs.items()})
         return params
 
-    def _make_env(self, num_tasks: int) -> TensorEnv:
-        return TensorEnv(
-            self.family,
-            num_envs=num_tasks * self.config.episodes_per_task,
-            device=self.device,
-            seed=self.config.seed + 2,
-            validate_actions=False,
+    def _make_env(self, num_tasks: int, episodes_per_task: int) -> TensorEnv | RescaledActions:
+        env = TensorEnv(
+            self.family, num_envs=num_tasks * episodes_per_task, device=self.device, seed=self.config.seed + 2, validate_actions=False
         )
+        rescale = self.config.rescale_actions and isinstance(self.family.action_space, spaces.Box)
+        return RescaledActions(env) if rescale else env
 
     # --- sampling and advantages -----------------------------------------------------
-    def _rollout(self, env: TensorEnv, params: Params, num_tasks: int) -> _Batch:
+    def _rollout(self, env: TensorEnv | RescaledActions, params: Params, num_tasks: int) -> _Batch:
         """One episode per env (its first; the rest of the rollout is masked out), as in the paper.
 
         An env whose episode terminates early autoresets and keeps stepping; those
@@ -319,7 +330,7 @@ class MAML:
         return params
 
     def _sample_adaptation(
-        self, env: TensorEnv, num_tasks: int, num_steps: int, differentiable: bool = False
+        self, env: TensorEnv | RescaledActions, num_tasks: int, num_steps: int, differentiable: bool = False
     ) -> tuple[list[_Batch], _Batch, Params]:
         """Roll out and adapt ``num_steps`` times.
 
@@ -452,10 +463,11 @@ class MAML:
     def adaptation_curve(self, tasks: Tasks, num_steps: int, generator: torch.Generator) -> torch.Tensor:
         """Mean episode return per task after 0..``num_steps`` inner steps, ``(num_steps + 1, M)``."""
         num_tasks = len(tasks)
-        if num_tasks not in self._eval_envs:
-            self._eval_envs[num_tasks] = self._make_env(num_tasks)
-        env = self._eval_envs[num_tasks]
-        env.set_tasks(tasks.repeat_interleave(self.config.episodes_per_task))
+        episodes = self.config.eval_episodes_per_task or self.config.episodes_per_task
+        if (num_tasks, episodes) not in self._eval_envs:
+            self._eval_envs[num_tasks, episodes] = self._make_env(num_tasks, episodes)
+        env = self._eval_envs[num_tasks, episodes]
+        env.set_tasks(tasks.repeat_interleave(episodes))
         env.generator.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
         saved = self.action_generator.get_state()
         self.action_generator.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
@@ -479,6 +491,13 @@ class MAML:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        # Checkpoints from before rescale_actions existed acted in the env's own units.
+        saved = state["config"].get("rescale_actions", False)
+        if saved != self.config.rescale_actions:
+            raise ValueError(
+                f"the checkpoint's policy was trained with rescale_actions={saved}, this agent has "
+                f"rescale_actions={self.config.rescale_actions} (pass maml --{'' if saved else 'no-'}rescale-actions)"
+            )
         self.policy.load_state_dict(state["policy"])
         with torch.no_grad():
             for k, v in state["inner_lrs"].items():

@@ -5,7 +5,7 @@ The engine room: contracts (tasks, batched envs, registry) and machinery
 ``agents``; importing ``envs`` registers the built-in families.
 """
 
-from metarl.env import StepOutput, TaskFamily, TensorEnv, Transition
+from metarl.env import RescaledActions, StepOutput, TaskFamily, TensorEnv, Transition
 from metarl.registry import FamilySpec, UnknownFamilyError, make_env, make_family, register, registered, spec, unregister
 from metarl.structs import TensorStruct
 from metarl.tasks import BoxTaskSpace, ParamRange, Tasks, TaskSpace, load_manifest, save_manifest
@@ -14,6 +14,7 @@ __all__ = [
     "BoxTaskSpace",
     "FamilySpec",
     "ParamRange",
+    "RescaledActions",
     "StepOutput",
     "TaskFamily",
     "TaskSpace",

@@ -308,3 +308,44 @@ class TensorEnvView:
 
     def sample_tasks(self, n: int, *, generator: torch.Generator, split: Split = "train") -> Tasks:
         return self.env.sample_tasks(n, generator=generator, split=split)
+
+
+class RescaledActions(TensorEnvView):
+    """``env`` with its Box actions taken in ``[-1, 1]`` per dimension and mapped affinely onto the box.
+
+    The batched counterpart of Gymnasium's ``RescaleAction`` wrapper (and of
+    rllab's ``normalize``, which the MAML paper's code wraps its point robot
+    in): a Gaussian policy's unit noise then spans the whole action range,
+    whatever its size (Navigation2D's box is ``[-0.1, 0.1]``). Actions beyond
+    ``[-1, 1]`` map beyond the box, where the env clips them as usual.
+    """
+
+    def __init__(self, env: TensorEnv) -> None:
+        box = env.single_action_space
+        if not isinstance(box, spaces.Box) or not (np.all(np.isfinite(box.low)) and np.all(np.isfinite(box.high))):
+            raise TypeError(f"RescaledActions needs a bounded Box action space, got {box}")
+        self.env = env
+        self.family = env.family
+        self.num_envs = env.num_envs
+        self.device = env.device
+        self.single_observation_space = env.single_observation_space
+        self.single_action_space = spaces.Box(-1.0, 1.0, box.shape, np.float32)
+        self._low = torch.as_tensor(box.low, dtype=torch.float32, device=env.device)
+        self._half_range = torch.as_tensor((box.high - box.low) / 2, dtype=torch.float32, device=env.device)
+
+    @property
+    def generator(self) -> torch.Generator:
+        return self.env.generator
+
+    def to_env_action(self, action: torch.Tensor) -> torch.Tensor:
+        """The wrapped env's action for ``action`` in ``[-1, 1]`` units."""
+        return self._low + (action + 1) * self._half_range
+
+    def reset(self, seed: int | None = None) -> torch.Tensor:
+        return self.env.reset(seed=seed)
+
+    def step(self, action: torch.Tensor) -> StepOutput:
+        return self.env.step(self.to_env_action(action))
+
+    def __repr__(self) -> str:
+        return f"RescaledActions({self.env!r})"

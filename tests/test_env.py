@@ -107,3 +107,20 @@ def test_compiled_step_matches_eager(family_id: str) -> None:
     for eager, compiled in zip(*runs, strict=True):
         for a, b in zip(eager, compiled, strict=True):
             torch.testing.assert_close(a, b)
+
+
+def test_rescaled_actions_map_the_unit_box_onto_the_action_box() -> None:
+    goals = [(0.3, 0.4), (-0.2, 0.0), (0.0, 0.0)]
+    plain, rescaled = nav_env(goals), metarl.RescaledActions(nav_env(goals))
+    assert rescaled.single_action_space.low.tolist() == [-1, -1] and rescaled.single_action_space.high.tolist() == [1, 1]
+    unit = torch.tensor([[-1.0, 1.0], [0.5, 0.0], [3.0, -0.2]])
+    torch.testing.assert_close(rescaled.to_env_action(unit), 0.1 * unit)
+    got, expected = rescaled.step(unit), plain.step(0.1 * unit)  # the third action is clipped by the env as usual
+    torch.testing.assert_close(got.obs, expected.obs)
+    torch.testing.assert_close(got.reward, expected.reward)
+    assert rescaled.generator is rescaled.env.generator and rescaled.num_envs == 3
+
+
+def test_rescaled_actions_need_a_bounded_box() -> None:
+    with pytest.raises(TypeError, match="RescaledActions needs a bounded Box action space, got Discrete"):
+        metarl.RescaledActions(metarl.make_env("metarl/CartPole-v0", num_envs=2))

@@ -317,6 +317,44 @@ def test_state_dict_resumes_exactly() -> None:
     assert resumed.iteration == 3
 
 
+def test_rescaled_actions_policy_acts_in_unit_box() -> None:
+    """With ``rescale_actions`` the policy's Gaussian lives on [-1, 1]^2, mapped onto Navigation2D's box
+    [-0.1, 0.1]^2: a noiseless policy whose mean is 0.5 moves the robot by 0.05 per step (0.1, clipped, without)."""
+    agent = MAML(MAMLConfig(**{**TINY, "rescale_actions": True, "init_log_std": -20.0}))
+    assert agent.env.single_action_space.low.tolist() == [-1.0, -1.0]
+    with torch.no_grad():
+        head = agent.policy.actor.layers[-1]
+        head.weight.zero_()
+        head.bias.fill_(0.5)
+    batch = agent._rollout(agent.env, {k: v.detach() for k, v in agent.policy.named_parameters()}, 3)
+    torch.testing.assert_close(batch.actions, torch.full_like(batch.actions, 0.5), atol=1e-6, rtol=0)
+    positions = batch.obs.unique()  # 0, 0.05, 0.1, ... along the diagonal
+    torch.testing.assert_close(positions[:3], torch.tensor([0.0, 0.05, 0.1]))
+    agent.meta_train_step()
+
+
+def test_eval_episodes_per_task_sets_the_adaptation_batch_of_evaluation_only() -> None:
+    agent = MAML(MAMLConfig(**{**TINY, "eval_episodes_per_task": 5}))
+    tasks = held_out_tasks(agent.family, EvalConfig(num_tasks=4))
+    assert agent.adaptation_curve(tasks, 1, torch.Generator().manual_seed(0)).shape == (2, 4)
+    assert [env.num_envs for env in agent._eval_envs.values()] == [4 * 5]
+    assert agent.env.num_envs == TINY["meta_batch_size"] * TINY["episodes_per_task"]
+
+
+def test_checkpoint_in_other_action_units_is_refused() -> None:
+    state = MAML(MAMLConfig(**{**TINY, "rescale_actions": False})).state_dict()
+    with pytest.raises(ValueError, match="trained with rescale_actions=False.*pass maml --no-rescale-actions"):
+        MAML(MAMLConfig(**TINY)).load_state_dict(state)
+    del state["config"]["rescale_actions"]  # a checkpoint from before the option: the env's own units
+    MAML(MAMLConfig(**{**TINY, "rescale_actions": False})).load_state_dict(state)
+
+
+def test_discrete_actions_are_not_rescaled() -> None:
+    agent = MAML(MAMLConfig(**{**TINY, "env_id": "metarl/CartPole-v0"}))
+    assert isinstance(agent.env, metarl.TensorEnv)
+    agent.meta_train_step()
+
+
 def test_adaptation_curve_shape_and_no_side_effects() -> None:
     agent = MAML(MAMLConfig(**TINY))
     tasks = held_out_tasks(agent.family, EvalConfig(num_tasks=4))
@@ -342,6 +380,7 @@ def test_adaptation_curve_shape_and_no_side_effects() -> None:
         ({"outer": "sgd"}, "outer must be 'trpo' or 'ppo', got 'sgd'"),
         ({"ls_backtrack": 1.0}, r"ls_backtrack must lie in \(0, 1\)"),
         ({"fisher_subsample": 0}, "fisher_subsample must be a positive int, got 0"),
+        ({"eval_episodes_per_task": 0}, "eval_episodes_per_task must be a positive int, got 0"),
         ({"inner_objective": "dice"}, "inner_objective must be 'reinforce' or 'lvc', got 'dice'"),
     ],
 )
