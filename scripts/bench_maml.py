@@ -10,13 +10,15 @@ figures: pytorch-maml-rl on this project's 2-core CPU, as quoted in issue 3:
 ~4.9 s per meta-iteration (~1.4 s sampling, ~3.5 s update).
 
 Learning: meta-train the reference configuration with the agent's defaults
-(ProMP's LVC inner objective, Fisher-vector products on every 5th time step;
+(actions rescaled to [-1, 1] as in the paper's code, ProMP's LVC inner
+objective, Fisher-vector products on every 5th time step;
 ``--inner-objective reinforce --fisher-subsample 1`` gives the paper's exact
 meta-gradient) for a wall-clock budget (default 30 minutes; evaluation time
 excluded), then evaluate on 40 held-out goals (3 seeds; 20 episodes per
-adaptation step) after 0..3 inner steps, beside a randomly initialised policy
-and a pretrained (no inner loop) policy adapted with the same budget, and the
-oracle. Held-out returns are also taken at the ``--eval-at`` iterations
+adaptation step, and optionally again with ``--also-eval-episodes-per-task
+40``, the paper's test protocol) after 0..3 inner steps, beside a randomly
+initialised policy and a pretrained (no inner loop) policy adapted with the
+same budget, and the oracle. Held-out returns are also taken at the ``--eval-at`` iterations
 (default 200, pytorch-maml-rl's ~-14 after one step). Paper figures (Finn et
 al. 2017, 2-D navigation, as quoted in issue 3): -40.4 before adaptation,
 -11.7 after one step; random init after one step -58.0.
@@ -97,6 +99,18 @@ class BenchConfig:
     """Learning run: TRPO Fisher-vector products on every k-th time step (1: all samples)."""
     max_kl_half_life: float | None = MAMLConfig.max_kl_half_life
     """Learning run: halve TRPO's KL bound every this many meta-iterations (None: constant)."""
+    inner_lr: float = MAMLConfig.inner_lr
+    """Learning run: inner step size (the initial one under Meta-SGD; the MAML paper's point-robot code: 0.5)."""
+    hidden_sizes: tuple[int, ...] = MAMLConfig.hidden_sizes
+    """Learning run: policy MLP widths (the MAML paper: 100 100)."""
+    activation: Literal["tanh", "relu"] = "tanh"
+    """Learning run: policy activation (the MAML paper: relu)."""
+    rescale_actions: bool = MAMLConfig.rescale_actions
+    """Learning run: the policy acts in [-1, 1], mapped onto the action box (as the MAML paper's code does;
+    False: in the env's own units, [-0.1, 0.1])."""
+    also_eval_episodes_per_task: int | None = None
+    """Also run the final held-out evaluation with this many episodes per task and adaptation step (the
+    MAML paper's test script adapts with 40; the main evaluation uses the training's 20)."""
     run_dir: Path = Path("runs/bench_maml")
     """Where the learning run writes its run directory (config, metrics, evaluation, Comet)."""
     json_out: Path | None = None
@@ -138,6 +152,10 @@ def measure_learning(config: BenchConfig, inner_loop: str) -> dict[str, object]:
         inner_objective=config.inner_objective,
         fisher_subsample=config.fisher_subsample,
         max_kl_half_life=config.max_kl_half_life,
+        inner_lr=config.inner_lr,
+        hidden_sizes=config.hidden_sizes,
+        activation=config.activation,
+        rescale_actions=config.rescale_actions,
         device=config.device,
         seed=config.seed,
     )  # type: ignore[arg-type]
@@ -149,6 +167,10 @@ def measure_learning(config: BenchConfig, inner_loop: str) -> dict[str, object]:
         + f"-{config.inner_objective}-fisher{config.fisher_subsample}"
         + ("" if config.meta_batch_size == 20 else f"-m{config.meta_batch_size}")
         + ("" if config.max_kl_half_life is None else f"-klhalflife{config.max_kl_half_life:g}")
+        + ("" if config.rescale_actions else "-envunits")
+        + ("" if config.inner_lr == MAMLConfig.inner_lr else f"-lr{config.inner_lr:g}")
+        + ("" if config.hidden_sizes == MAMLConfig.hidden_sizes else "-h" + "x".join(map(str, config.hidden_sizes)))
+        + ("" if config.activation == "tanh" else f"-{config.activation}")
     )
     out: dict[str, object] = {"run_dir": str(run_dir), "inner_loop": inner_loop, "budget_minutes": config.minutes}
     with RunLogger(run_dir, {"bench": dataclasses.asdict(config), "agent": dataclasses.asdict(agent_config)}) as logger:
@@ -188,8 +210,22 @@ def measure_learning(config: BenchConfig, inner_loop: str) -> dict[str, object]:
             title=f"MAML, {iteration} iterations",
             step=iteration,
         )
-    print(result.table())
-    out["evaluation"] = result.to_json()
+        print(result.table())
+        out["evaluation"] = result.to_json()
+        if config.also_eval_episodes_per_task is not None:
+            episodes = config.also_eval_episodes_per_task
+            for learner in learners.values():
+                learner.config = dataclasses.replace(learner.config, eval_episodes_per_task=episodes)
+            result = evaluate(
+                learners,
+                tasks,
+                eval_config,
+                oracle=oracle,
+                run_dir=run_dir / f"evaluation-{episodes}-episodes",
+                title=f"MAML, {iteration} iterations, {episodes} episodes per adaptation step",
+            )
+            print(result.table())
+            out[f"evaluation_{episodes}_episodes"] = result.to_json()
     return out
 
 
