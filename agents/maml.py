@@ -491,9 +491,9 @@ class MAML:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        # Checkpoints from before rescale_actions existed acted in the env's own units.
+        # Checkpoints from before rescale_actions existed acted in the env's own units (only Box actions are rescaled).
         saved = state["config"].get("rescale_actions", False)
-        if saved != self.config.rescale_actions:
+        if isinstance(self.family.action_space, spaces.Box) and saved != self.config.rescale_actions:
             raise ValueError(
                 f"the checkpoint's policy was trained with rescale_actions={saved}, this agent has "
                 f"rescale_actions={self.config.rescale_actions} (pass maml --{'' if saved else 'no-'}rescale-actions)"
