@@ -236,9 +236,8 @@ class MAML:
         return params
 
     def _make_env(self, num_tasks: int, episodes_per_task: int) -> TensorEnv | RescaledActions:
-        env = TensorEnv(
-            self.family, num_envs=num_tasks * episodes_per_task, device=self.device, seed=self.config.seed + 2, validate_actions=False
-        )
+        num_envs = num_tasks * episodes_per_task
+        env = TensorEnv(self.family, num_envs, device=self.device, seed=self.config.seed + 2, validate_actions=False)
         rescale = self.config.rescale_actions and isinstance(self.family.action_space, spaces.Box)
         return RescaledActions(env) if rescale else env
 

@@ -18,8 +18,8 @@ excluded), then evaluate on 40 held-out goals (3 seeds; 20 episodes per
 adaptation step, and optionally again with ``--also-eval-episodes-per-task
 40``, the paper's test protocol) after 0..3 inner steps, beside a randomly
 initialised policy and a pretrained (no inner loop) policy adapted with the
-same budget, and the oracle. Held-out returns are also taken at the ``--eval-at`` iterations
-(default 200, pytorch-maml-rl's ~-14 after one step). Paper figures (Finn et
+same budget, and the oracle. Held-out returns are also taken at the
+``--eval-at`` iterations (default 200, pytorch-maml-rl's ~-14 after one step). Paper figures (Finn et
 al. 2017, 2-D navigation, as quoted in issue 3): -40.4 before adaptation,
 -11.7 after one step; random init after one step -58.0.
 
@@ -103,7 +103,7 @@ class BenchConfig:
     """Learning run: inner step size (the initial one under Meta-SGD; the MAML paper's point-robot code: 0.5)."""
     hidden_sizes: tuple[int, ...] = MAMLConfig.hidden_sizes
     """Learning run: policy MLP widths (the MAML paper: 100 100)."""
-    activation: Literal["tanh", "relu"] = "tanh"
+    activation: Literal["tanh", "relu"] = MAMLConfig.activation  # type: ignore[assignment]
     """Learning run: policy activation (the MAML paper: relu)."""
     rescale_actions: bool = MAMLConfig.rescale_actions
     """Learning run: the policy acts in [-1, 1], mapped onto the action box (as the MAML paper's code does;
@@ -170,7 +170,7 @@ def measure_learning(config: BenchConfig, inner_loop: str) -> dict[str, object]:
         + ("" if config.rescale_actions else "-envunits")
         + ("" if config.inner_lr == MAMLConfig.inner_lr else f"-lr{config.inner_lr:g}")
         + ("" if config.hidden_sizes == MAMLConfig.hidden_sizes else "-h" + "x".join(map(str, config.hidden_sizes)))
-        + ("" if config.activation == "tanh" else f"-{config.activation}")
+        + ("" if config.activation == MAMLConfig.activation else f"-{config.activation}")
     )
     out: dict[str, object] = {"run_dir": str(run_dir), "inner_loop": inner_loop, "budget_minutes": config.minutes}
     with RunLogger(run_dir, {"bench": dataclasses.asdict(config), "agent": dataclasses.asdict(agent_config)}) as logger:
