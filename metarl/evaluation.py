@@ -258,7 +258,10 @@ class EvalResult:
     def table(self) -> str:
         """A fixed-width text table: one row per learner (and the oracle), ``mean ± half-width`` per step."""
         steps = next(iter(self.curves.values())).steps
-        header = ["", *(f"{j} step" if j == 1 else f"{j} steps" for j in steps)]
+        if self.x_label == "gradient steps":
+            header = ["", *(f"{j} step" if j == 1 else f"{j} steps" for j in steps)]
+        else:  # e.g. RL²'s "episode in trial 0, 1, ...": its columns are not gradient steps
+            header = ["", *(f"{self.x_label} {j}" for j in steps)]
         rows = [[name, *(f"{c.mean[j]:.3f} ± {c.half_width(j):.3f}" for j in steps)] for name, c in self.curves.items()]
         if self.oracle is not None:
             o = self.oracle

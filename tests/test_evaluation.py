@@ -196,6 +196,9 @@ def test_table_lists_every_learner_and_the_oracle() -> None:
     assert len({len(line) for line in [header, *rows]}) == 1  # fixed width
     maml = result.curves["MAML"]
     assert f"{maml.mean[1]:.3f} ± {maml.half_width(1):.3f}" in rows[0]
+    # Columns that are not gradient steps are named by the x label (RL²: episodes of a trial).
+    header = evaluate(learners(), tasks, config, x_label="episode in trial").table().splitlines()[1]
+    assert [cell.strip() for cell in header.split("  ") if cell.strip()] == [f"episode in trial {j}" for j in range(3)]
 
 
 def test_logger_receives_json_figure_and_metrics(tmp_path: Path) -> None:
