@@ -50,6 +50,9 @@ class RL2Config:
     """GRU width."""
     separate_critic: bool = False
     """Give the value head a GRU of its own, so value regression does not shape the policy's memory."""
+    time_feature: bool = False
+    """Also feed the steps taken in the trial over the training trial's length, so that the value of a step
+    need not be inferred by counting (Pardo et al. 2018)."""
     gamma: float = 0.99
     """Discount within a trial."""
     gae_lambda: float = 0.3
@@ -87,8 +90,8 @@ class RL2:
         self.family = metarl.make_family(config.env_id, **config.env_kwargs)
         if self.family.max_episode_steps is None:
             raise ValueError(f"{config.env_id} declares no episode limit; RL² needs bounded trials")
+        self.trial_steps = self.family.max_episode_steps * config.episodes_per_trial
         self.env = self._trial_env(config.num_envs, config.episodes_per_trial, config.seed + 2)
-        self.trial_steps = self.env.max_trial_steps
         if config.ppo.bptt_length is not None and self.trial_steps % config.ppo.bptt_length:
             raise ValueError(f"ppo.bptt_length {config.ppo.bptt_length} must divide the trial length {self.trial_steps}")
         obs_dim = int(self.env.single_observation_space.shape[0])
@@ -103,7 +106,7 @@ class RL2:
 
     def _trial_env(self, num_envs: int, episodes_per_trial: int, seed: int) -> TrialEnv:
         env = TensorEnv(self.family, num_envs=num_envs, device=self.device, seed=seed, validate_actions=False)
-        return TrialEnv(env, episodes_per_trial)
+        return TrialEnv(env, episodes_per_trial, time_horizon=self.trial_steps if self.config.time_feature else None)
 
     # --- meta-training ------------------------------------------------------------------
     def meta_train_step(self) -> dict[str, float]:
@@ -193,20 +196,33 @@ class RL2:
         previous_label = torch.full((1,), -1, dtype=torch.long, device=self.device)
         features = torch.zeros(1, num_ways, device=self.device)
         reward, ended = torch.zeros(1, device=self.device), torch.zeros(1, dtype=torch.bool, device=self.device)
-        for image, label in zip(support, support_labels, strict=True):  # one step per support image (evaluation, not a rollout)
-            obs = trial_observation(family.observation(image.unsqueeze(0), previous_label), features, reward, ended)
+        elapsed = self._elapsed_feature(len(support) + 1)
+        for t, (image, label) in enumerate(zip(support, support_labels, strict=True)):  # one step per image, not a rollout
+            step_elapsed = None if elapsed is None else elapsed[t : t + 1]
+            obs = trial_observation(family.observation(image.unsqueeze(0), previous_label), features, reward, ended, step_elapsed)
             out = self.policy(obs, hidden)
             action = mode(out.dist_params)
             hidden, previous_label = out.hidden, label.reshape(1)
             features = action_features(action, num_ways)
             reward = (action == label).float()
         q = len(query)
+        query_elapsed = None if elapsed is None else elapsed[-1:].expand(q)
         obs = trial_observation(
-            family.observation(query, previous_label.expand(q)), features.expand(q, -1), reward.expand(q), ended.expand(q)
+            family.observation(query, previous_label.expand(q)),
+            features.expand(q, -1),
+            reward.expand(q),
+            ended.expand(q),
+            query_elapsed,
         )
         logits = self.policy(obs, hidden.expand(q, -1)).dist_params
         present = (support_labels.unsqueeze(1) == torch.arange(num_ways, device=self.device)).any(0)
         return logits.masked_fill(~present, -torch.inf).argmax(-1)
+
+    def _elapsed_feature(self, steps: int) -> torch.Tensor | None:
+        """The time feature of a trial's first ``steps`` steps (None for policies trained without it)."""
+        if not self.config.time_feature:
+            return None
+        return torch.arange(steps, device=self.device, dtype=torch.float32) / self.trial_steps
 
     # --- state ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -222,6 +238,12 @@ class RL2:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = state["config"].get("time_feature", False)  # checkpoints from before the option had none
+        if saved != self.config.time_feature:
+            raise ValueError(
+                f"the checkpoint's policy was trained with time_feature={saved}, this agent has "
+                f"time_feature={self.config.time_feature} (pass rl2 --{'' if saved else 'no-'}time-feature)"
+            )
         self.policy.load_state_dict(state["policy"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.task_generator.set_state(state["task_generator"])

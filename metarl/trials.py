@@ -8,7 +8,10 @@ trial, so exploration in early episodes can pay off in later ones.
 
 * the observation becomes ``[obs, previous action, previous reward, previous
   episode-end flag]`` (the action one-hot for discrete spaces), all three
-  zero at the start of a trial;
+  zero at the start of a trial, optionally followed by the steps taken in
+  the trial over a fixed ``time_horizon`` (with a fixed horizon the value of
+  a state depends on the steps left, which a recurrent net otherwise has to
+  count: Pardo et al. 2018, "Time Limits in Reinforcement Learning");
 * a trial is ``episodes_per_trial`` episodes of the same task (autoreset
   keeps the task); its end is reported as ``terminated`` (nothing after it
   counts), and ``reset_memory`` is set only there, so the rollout engine
@@ -28,14 +31,23 @@ from metarl.validation import check_positive_int
 
 
 def trial_observation(
-    obs: torch.Tensor, action_features: torch.Tensor, reward: torch.Tensor, ended: torch.Tensor
+    obs: torch.Tensor,
+    action_features: torch.Tensor,
+    reward: torch.Tensor,
+    ended: torch.Tensor,
+    elapsed: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """RL²'s input ``[obs, previous action features, previous reward, previous episode-end flag]``, batched ``(n, ...)``.
+    """RL²'s input ``[obs, previous action features, previous reward, previous episode-end flag(, elapsed)]``, batched.
 
-    The one place that fixes the layout; :class:`TrialEnv` builds every
-    observation with it, and so can code that feeds a trained RL² policy by hand.
+    ``elapsed``: the steps already taken in the trial over the time horizon,
+    for policies trained with one (see :class:`TrialEnv`). The one place that fixes the
+    layout; :class:`TrialEnv` builds every observation with it, and so can
+    code that feeds a trained RL² policy by hand.
     """
-    return torch.cat([obs, action_features, reward.unsqueeze(-1), ended.to(obs.dtype).unsqueeze(-1)], dim=-1)
+    parts = [obs, action_features, reward.unsqueeze(-1), ended.to(obs.dtype).unsqueeze(-1)]
+    if elapsed is not None:
+        parts.append(elapsed.to(obs.dtype).unsqueeze(-1))
+    return torch.cat(parts, dim=-1)
 
 
 def action_features(action: torch.Tensor, num_actions: int | None) -> torch.Tensor:
@@ -46,15 +58,26 @@ def action_features(action: torch.Tensor, num_actions: int | None) -> torch.Tens
 
 
 class TrialEnv(TensorEnvView):
-    """``env`` with trials of ``episodes_per_trial`` episodes and RL²'s augmented observations."""
+    """``env`` with trials of ``episodes_per_trial`` episodes and RL²'s augmented observations.
 
-    def __init__(self, env: TensorEnv, episodes_per_trial: int) -> None:
+    ``time_horizon``: if given, append the steps taken in the trial divided by
+    it to every observation. Pass the training trial's length, so that the
+    feature runs from 0 to 1 over a training trial and a step means the same
+    in longer evaluation trials (where it goes past 1).
+    """
+
+    def __init__(self, env: TensorEnv, episodes_per_trial: int, time_horizon: int | None = None) -> None:
         check_positive_int("episodes_per_trial", episodes_per_trial)
+        if time_horizon is not None:
+            check_positive_int("time_horizon", time_horizon)
+            if env.family.max_episode_steps is None:
+                raise ValueError(f"a time_horizon needs a family with an episode limit; {env.family!r} declares none")
         base = env.single_observation_space
         if not isinstance(base, spaces.Box) or len(base.shape) != 1:
             raise TypeError(f"TrialEnv needs a flat Box observation space, got {base}")
         self.env = env
         self.episodes_per_trial = episodes_per_trial
+        self.time_horizon = time_horizon
         self.num_envs = env.num_envs
         self.device = env.device
         self.single_action_space = env.single_action_space
@@ -65,9 +88,14 @@ class TrialEnv(TensorEnvView):
         else:
             self._num_actions = None
             action_low, action_high = action_space.low, action_space.high
-        low = np.concatenate([base.low, action_low, [-np.inf], [0.0]]).astype(np.float32)
-        high = np.concatenate([base.high, action_high, [np.inf], [1.0]]).astype(np.float32)
-        self.single_observation_space = spaces.Box(low, high, dtype=np.float32)
+        low = [base.low, action_low, [-np.inf], [0.0]]
+        high = [base.high, action_high, [np.inf], [1.0]]
+        if time_horizon is not None:
+            low.append([0.0])
+            high.append([self.max_trial_steps / time_horizon])
+        self.single_observation_space = spaces.Box(
+            np.concatenate(low).astype(np.float32), np.concatenate(high).astype(np.float32), dtype=np.float32
+        )
         self.episode_index = torch.zeros(self.num_envs, dtype=torch.long, device=self.device)
         self._trial_return = torch.zeros(self.num_envs, device=self.device)
         self._trial_length = torch.zeros(self.num_envs, dtype=torch.long, device=self.device)
@@ -86,9 +114,12 @@ class TrialEnv(TensorEnvView):
         self._trial_length = torch.zeros_like(self._trial_length)
         width = self._num_actions or int(np.prod(self.single_action_space.shape))
         no_action = torch.zeros(self.num_envs, width, device=self.device)
-        return trial_observation(
-            obs, no_action, torch.zeros_like(self._trial_return), torch.zeros_like(self.episode_index, dtype=torch.bool)
-        )
+        zero = torch.zeros_like(self._trial_return)
+        return trial_observation(obs, no_action, zero, zero.bool(), self._elapsed(self._trial_length))
+
+    def _elapsed(self, steps: torch.Tensor) -> torch.Tensor | None:
+        """The time feature for ``steps`` taken in the trial (None without a time horizon)."""
+        return None if self.time_horizon is None else steps.float() / self.time_horizon
 
     def step(self, action: torch.Tensor) -> StepOutput:
         out = self.env.step(action)
@@ -104,8 +135,10 @@ class TrialEnv(TensorEnvView):
         features = action_features(torch.as_tensor(action, device=self.device), self._num_actions)
         # The first observation of a new trial carries no previous action, reward or flag.
         keep = running.float().unsqueeze(-1)
-        next_obs = trial_observation(out.obs, features * keep, out.reward * running, ended & running)
-        final_obs = trial_observation(out.final_obs, features, out.reward, ended)
+        next_obs = trial_observation(
+            out.obs, features * keep, out.reward * running, ended & running, self._elapsed(self._trial_length)
+        )
+        final_obs = trial_observation(out.final_obs, features, out.reward, ended, self._elapsed(trial_length))
         return StepOutput(
             obs=next_obs,
             reward=out.reward,
@@ -118,4 +151,5 @@ class TrialEnv(TensorEnvView):
         )
 
     def __repr__(self) -> str:
-        return f"TrialEnv({self.env!r}, episodes_per_trial={self.episodes_per_trial})"
+        time = "" if self.time_horizon is None else f", time_horizon={self.time_horizon}"
+        return f"TrialEnv({self.env!r}, episodes_per_trial={self.episodes_per_trial}{time})"

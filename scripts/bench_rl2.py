@@ -62,18 +62,40 @@ class Setting:
 
 
 # Bandits and MDPs: the settings that lifted RL² off random level (BENCHMARKS.md: value-loss weight 0.02
-# for the shared GRU, the paper's GAE lambda 0.3). Control: rewards scaled so that values stay of order
-# one, a long-horizon lambda, and no entropy bonus (the Gaussian's entropy only widens clipped actions).
+# for the shared GRU, the paper's GAE lambda 0.3, the steps taken as an input; for 5-armed 100-pull
+# bandits also a smaller step size and truncated BPTT). Control: rewards scaled so that values stay of
+# order one, a long-horizon lambda, and no entropy bonus (the Gaussian's entropy only widens clipped actions).
 BANDIT_HYPERPARAMETERS = dict(
-    num_envs=512, lr=1e-3, vf_coef=0.02, gae_lambda=0.3, reward_scale=1.0, ent_coef=0.01, bptt_length=None
+    num_envs=512,
+    lr=1e-3,
+    vf_coef=0.02,
+    gamma=0.99,
+    gae_lambda=0.3,
+    reward_scale=1.0,
+    ent_coef=0.01,
+    bptt_length=None,
+    time_feature=True,
 )
 CONTROL_HYPERPARAMETERS = dict(
-    num_envs=256, lr=3e-4, vf_coef=0.5, gae_lambda=0.95, reward_scale=0.1, ent_coef=0.0, bptt_length=None
+    num_envs=256,
+    lr=3e-4,
+    vf_coef=0.5,
+    gamma=0.99,
+    gae_lambda=0.95,
+    reward_scale=0.1,
+    ent_coef=0.0,
+    bptt_length=None,
+    time_feature=False,
 )
 SETTINGS: dict[str, Setting] = {
     "bandit-k5-n10": Setting("metarl/BernoulliBandit-v0", {"num_arms": 5, "num_pulls": 10}, 1, BANDIT_HYPERPARAMETERS),
     "bandit-k10-n100": Setting("metarl/BernoulliBandit-v0", {"num_arms": 10, "num_pulls": 100}, 1, BANDIT_HYPERPARAMETERS),
-    "bandit-k5-n100": Setting("metarl/BernoulliBandit-v0", {"num_arms": 5, "num_pulls": 100}, 1, BANDIT_HYPERPARAMETERS),
+    "bandit-k5-n100": Setting(
+        "metarl/BernoulliBandit-v0",
+        {"num_arms": 5, "num_pulls": 100},
+        1,
+        {**BANDIT_HYPERPARAMETERS, "lr": 3e-4, "bptt_length": 20},
+    ),
     "mdp-10x5": Setting(
         "metarl/TabularMDP-v0", {"num_states": 10, "num_actions": 5, "episode_length": 10}, 10, BANDIT_HYPERPARAMETERS
     ),
@@ -99,6 +121,8 @@ class BenchConfig:
     vf_coef: float | None = None
     """Value-loss weight (default: the setting's own). The GRU is shared by the policy and value heads; at 0.5
     the value regression dominates it and RL² stays at random level on 100-pull trials (BENCHMARKS.md)."""
+    gamma: float | None = None
+    """Discount within a trial (default: the setting's own)."""
     gae_lambda: float | None = None
     """GAE lambda (default: the setting's own; the RL² paper's 0.3 for bandits)."""
     reward_scale: float | None = None
@@ -107,9 +131,11 @@ class BenchConfig:
     ent_coef: float | None = None
     """Entropy bonus (default: the setting's own)."""
     bptt_length: int | None = None
-    """Truncated-BPTT chunk length of the PPO update (default: the setting's own, whole trials everywhere)."""
+    """Truncated-BPTT chunk length of the PPO update (default: the setting's own; whole trials except k=5, n=100)."""
     separate_critic: bool = False
     """Give the value head its own GRU instead (twice the compute per step)."""
+    time_feature: bool | None = None
+    """Also feed the steps taken in the trial (RL2Config.time_feature; default: the setting's own)."""
     num_tasks: int = 1000
     """Held-out tasks scored per bandit/MDP setting (control settings: the evaluator's 40 tasks x 3 seeds)."""
     trials_per_task: int = 2
@@ -140,6 +166,8 @@ def make_agent(setting: Setting, config: BenchConfig, seed: int) -> RL2:
             num_envs=h["num_envs"],
             hidden_size=config.hidden_size,
             separate_critic=config.separate_critic,
+            time_feature=h["time_feature"],
+            gamma=h["gamma"],
             gae_lambda=h["gae_lambda"],
             reward_scale=h["reward_scale"],
             eval_envs_per_task=config.trials_per_task,

@@ -69,7 +69,31 @@ def test_memory_is_carried_across_episodes_and_reset_between_trials() -> None:
     torch.testing.assert_close(zero[1:], trial_ends[:-1])
 
 
-def test_bad_trial_settings() -> None:
+def test_time_feature_is_the_steps_taken_in_the_trial_over_the_horizon() -> None:
+    """It runs on across episode boundaries, is 1 in the final observation of a trial, and restarts at 0."""
+    env = metarl.make_env("metarl/BernoulliBandit-v0", num_envs=2, num_arms=3, num_pulls=2, validate_actions=False)
+    trials = TrialEnv(env, episodes_per_trial=2, time_horizon=4)
+    trials.set_tasks(env.family.task_space.default().repeat_interleave(2))
+    assert trials.single_observation_space.shape == (7,)
+    assert float(trials.single_observation_space.low[-1]) == 0.0 and float(trials.single_observation_space.high[-1]) == 1.0
+    assert float(TrialEnv(env, episodes_per_trial=4, time_horizon=4).single_observation_space.high[-1]) == 2.0
+    assert torch.equal(trials.reset(seed=0)[:, -1], torch.zeros(2))
+    seen = []
+    for _ in range(4):  # one trial: 2 episodes x 2 pulls
+        out = trials.step(torch.tensor([1, 2]))
+        seen.append(out.obs[:, -1])
+    torch.testing.assert_close(torch.stack(seen), torch.tensor([[0.25] * 2, [0.5] * 2, [0.75] * 2, [0.0] * 2]))
+    assert bool(out.terminated.all()) and torch.equal(out.final_obs[:, -1], torch.ones(2))
+    assert torch.equal(out.obs[:, :-1], torch.zeros(2, 6))  # the other features restart as without the time feature
+
+
+def test_bad_trial_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     env = metarl.make_env("metarl/Navigation2D-v0", num_envs=2)
     with pytest.raises(ValueError, match="episodes_per_trial must be a positive int, got 0"):
         TrialEnv(env, 0)
+    with pytest.raises(ValueError, match="time_horizon must be a positive int, got 0"):
+        TrialEnv(env, 2, time_horizon=0)
+    monkeypatch.setattr(env.family, "max_episode_steps", None)
+    with pytest.raises(ValueError, match="a time_horizon needs a family with an episode limit"):
+        TrialEnv(env, 2, time_horizon=200)
+    TrialEnv(env, 2)  # without the feature an unbounded family is fine

@@ -61,6 +61,19 @@ def test_meta_train_step_runs_and_resumes_exactly(separate_critic: bool) -> None
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+def test_time_feature_widens_the_input_and_checkpoints_must_agree_on_it() -> None:
+    timed = RL2(RL2Config(**TINY, time_feature=True))
+    plain = RL2(RL2Config(**TINY))
+    assert timed.env.single_observation_space.shape[0] == plain.env.single_observation_space.shape[0] + 1
+    timed.meta_train_step()
+    tasks = timed.family.task_space.sample(3, generator=torch.Generator().manual_seed(0), split="test")
+    assert timed.adaptation_curve(tasks, 1, torch.Generator().manual_seed(0)).shape == (2, 3)  # longer trials than training
+    with pytest.raises(ValueError, match=r"trained with time_feature=True.*pass rl2 --time-feature"):
+        plain.load_state_dict(timed.state_dict())
+    with pytest.raises(ValueError, match=r"trained with time_feature=False.*pass rl2 --no-time-feature"):
+        timed.load_state_dict(plain.state_dict())
+
+
 def test_adaptation_curve_is_per_episode_of_a_trial() -> None:
     agent = RL2(
         RL2Config(**{**TINY, "env_id": "metarl/TabularMDP-v0", "env_kwargs": {"episode_length": 5}, "episodes_per_trial": 3})
@@ -154,7 +167,8 @@ def test_rl2_runs_on_the_omniglot_bandit_as_a_memory_based_learner() -> None:
     assert curve.shape == (1, 4) and bool(((curve >= 0) & (curve <= 6)).all())
 
 
-def test_rl2_classify_answers_from_the_memory_a_played_support_set_leaves() -> None:
+@pytest.mark.parametrize("time_feature", [False, True])
+def test_rl2_classify_answers_from_the_memory_a_played_support_set_leaves(time_feature: bool) -> None:
     """classify plays the support set as the trial's first steps; its first answer is the env rollout's first query action.
 
     Later queries are answered independently (no query's label reaches another), so each
@@ -165,7 +179,7 @@ def test_rl2_classify_answers_from_the_memory_a_played_support_set_leaves() -> N
     size, ways = 12, 4
     kwargs = {"classes": synthetic_glyph_classes(6, 6, image_size=size), "image_size": size, "num_ways": ways}
     settings = {k: v for k, v in TINY.items() if k != "env_kwargs"}
-    agent = RL2(RL2Config(env_id="metarl/OmniglotBandit-v0", env_kwargs=kwargs, **settings))
+    agent = RL2(RL2Config(env_id="metarl/OmniglotBandit-v0", env_kwargs=kwargs, time_feature=time_feature, **settings))
     agent.meta_train_step()  # any weights do; one update moves them off their initial values
     env = agent._trial_env(1, 1, seed=5)
     env.set_tasks(agent.family.task_space.sample(1, generator=torch.Generator().manual_seed(0), split="test"))
