@@ -64,7 +64,8 @@ class Setting:
 # Bandits and MDPs: the settings that lifted RL² off random level (BENCHMARKS.md: value-loss weight 0.02
 # for the shared GRU, the paper's GAE lambda 0.3, the steps taken as an input; for 5-armed 100-pull
 # bandits also a smaller step size and truncated BPTT). Control: rewards scaled so that values stay of
-# order one, a long-horizon lambda, and no entropy bonus (the Gaussian's entropy only widens clipped actions).
+# order one, a long-horizon lambda, and no entropy bonus (the Gaussian's entropy only widens clipped actions);
+# the time input on Navigation2D (measured there, not on Pendulum).
 BANDIT_HYPERPARAMETERS = dict(
     num_envs=512,
     lr=1e-3,
@@ -99,7 +100,9 @@ SETTINGS: dict[str, Setting] = {
     "mdp-10x5": Setting(
         "metarl/TabularMDP-v0", {"num_states": 10, "num_actions": 5, "episode_length": 10}, 10, BANDIT_HYPERPARAMETERS
     ),
-    "navigation2d": Setting("metarl/Navigation2D-v0", {}, 2, CONTROL_HYPERPARAMETERS, against_reference_policies=False),
+    "navigation2d": Setting(
+        "metarl/Navigation2D-v0", {}, 2, {**CONTROL_HYPERPARAMETERS, "time_feature": True}, against_reference_policies=False
+    ),
     "pendulum": Setting(
         "metarl/Pendulum-v0", {}, 2, {**CONTROL_HYPERPARAMETERS, "reward_scale": 0.01}, against_reference_policies=False
     ),
