@@ -196,7 +196,7 @@ class RL2:
         previous_label = torch.full((1,), -1, dtype=torch.long, device=self.device)
         features = torch.zeros(1, num_ways, device=self.device)
         reward, ended = torch.zeros(1, device=self.device), torch.zeros(1, dtype=torch.bool, device=self.device)
-        elapsed = self._elapsed_feature(len(support) + 1)
+        elapsed = self.env.elapsed(torch.arange(len(support) + 1, device=self.device))
         for t, (image, label) in enumerate(zip(support, support_labels, strict=True)):  # one step per image, not a rollout
             step_elapsed = None if elapsed is None else elapsed[t : t + 1]
             obs = trial_observation(family.observation(image.unsqueeze(0), previous_label), features, reward, ended, step_elapsed)
@@ -217,12 +217,6 @@ class RL2:
         logits = self.policy(obs, hidden.expand(q, -1)).dist_params
         present = (support_labels.unsqueeze(1) == torch.arange(num_ways, device=self.device)).any(0)
         return logits.masked_fill(~present, -torch.inf).argmax(-1)
-
-    def _elapsed_feature(self, steps: int) -> torch.Tensor | None:
-        """The time feature of a trial's first ``steps`` steps (None for policies trained without it)."""
-        if not self.config.time_feature:
-            return None
-        return torch.arange(steps, device=self.device, dtype=torch.float32) / self.trial_steps
 
     # --- state ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -115,9 +115,9 @@ class TrialEnv(TensorEnvView):
         width = self._num_actions or int(np.prod(self.single_action_space.shape))
         no_action = torch.zeros(self.num_envs, width, device=self.device)
         zero = torch.zeros_like(self._trial_return)
-        return trial_observation(obs, no_action, zero, zero.bool(), self._elapsed(self._trial_length))
+        return trial_observation(obs, no_action, zero, zero.bool(), self.elapsed(self._trial_length))
 
-    def _elapsed(self, steps: torch.Tensor) -> torch.Tensor | None:
+    def elapsed(self, steps: torch.Tensor) -> torch.Tensor | None:
         """The time feature for ``steps`` taken in the trial (None without a time horizon)."""
         return None if self.time_horizon is None else steps.float() / self.time_horizon
 
@@ -136,9 +136,9 @@ class TrialEnv(TensorEnvView):
         # The first observation of a new trial carries no previous action, reward or flag.
         keep = running.float().unsqueeze(-1)
         next_obs = trial_observation(
-            out.obs, features * keep, out.reward * running, ended & running, self._elapsed(self._trial_length)
+            out.obs, features * keep, out.reward * running, ended & running, self.elapsed(self._trial_length)
         )
-        final_obs = trial_observation(out.final_obs, features, out.reward, ended, self._elapsed(trial_length))
+        final_obs = trial_observation(out.final_obs, features, out.reward, ended, self.elapsed(trial_length))
         return StepOutput(
             obs=next_obs,
             reward=out.reward,
