@@ -49,6 +49,7 @@ from metarl.evaluation import EvalConfig, evaluate, held_out_tasks, oracle_retur
 from metarl.logging import RunLogger
 from metarl.machine import machine_info
 from metarl.training import meta_train
+from metarl.validation import check_positive_int
 
 PAPER = {"before adaptation": -40.4, "after 1 step": -11.7, "random init, after 1 step": -58.0}
 PYTORCH_MAML_RL = {
@@ -116,6 +117,11 @@ class BenchConfig:
     """Where the learning run writes its run directory (config, metrics, evaluation, Comet)."""
     json_out: Path | None = None
     """Write every figure as JSON here."""
+
+    def __post_init__(self) -> None:
+        # Checked here, not when the second evaluation starts after the whole training budget.
+        if self.also_eval_episodes_per_task is not None:
+            check_positive_int("also_eval_episodes_per_task", self.also_eval_episodes_per_task)
 
 
 def measure_speed(config: BenchConfig) -> list[dict[str, object]]:
