@@ -43,6 +43,7 @@ from agents.rl2 import RL2, RL2Config
 from envs.reference_policies import reference_learners
 from metarl.evaluation import EvalConfig, evaluate, held_out_tasks, mean_ci, oracle_returns
 from metarl.machine import machine_info
+from metarl.validation import check_positive_int
 
 SettingName = Literal["bandit-k5-n10", "bandit-k10-n100", "bandit-k5-n100", "mdp-10x5", "navigation2d", "pendulum"]
 
@@ -152,6 +153,16 @@ class BenchConfig:
     json_out: Path | None = None
     """Write every figure as JSON here."""
 
+    def __post_init__(self) -> None:
+        # Checked here, not after a setting's whole training budget.
+        if not self.minutes > 0:
+            raise ValueError(f"minutes must be positive, got {self.minutes!r}")
+        for name in ("hidden_size", "num_tasks", "trials_per_task"):
+            check_positive_int(name, getattr(self, name))
+        unknown = set(self.settings) - set(SETTINGS)
+        if unknown:
+            raise ValueError(f"unknown settings {sorted(unknown)}; choose from {sorted(SETTINGS)}")
+
 
 def hyperparameters(setting: Setting, config: BenchConfig) -> dict[str, Any]:
     """The setting's hyperparameters, with every field given on the command line (not None) taking precedence."""
@@ -219,7 +230,7 @@ def run_setting(name: str, config: BenchConfig) -> dict[str, object]:
     setting = SETTINGS[name]
     agent = make_agent(setting, config, config.seed)
     began, iterations = time.perf_counter(), 0
-    while time.perf_counter() - began < config.minutes * 60:
+    while iterations == 0 or time.perf_counter() - began < config.minutes * 60:  # at least one iteration
         metrics = agent.meta_train_step()
         iterations += 1
         if iterations % 50 == 0:  # the training curve, for runs that are watched

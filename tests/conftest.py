@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -21,13 +22,15 @@ if OMNIGLOT_DIR.is_dir():
 
 
 @pytest.fixture
-def load_script() -> Callable[[str], ModuleType]:
+def load_script(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], ModuleType]:
     """Import a script from scripts/ as a module (scripts are not a package)."""
 
     def load(name: str) -> ModuleType:
         spec = importlib.util.spec_from_file_location(f"scripts_{name}", SCRIPTS / f"{name}.py")
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
+        # Registered while it runs, as an import would: dataclasses resolve string annotations through it.
+        monkeypatch.setitem(sys.modules, spec.name, module)
         spec.loader.exec_module(module)
         return module
 

@@ -1,0 +1,72 @@
+"""The benchmark scripts run end to end on tiny budgets and refuse bad flags before training.
+
+Their figures are not checked here (they are measurements, kept in BENCHMARKS.md); what is checked is
+that a run completes, reports every learner it promises, and writes its JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+
+@pytest.fixture
+def bench_rl2(load_script: Callable[[str], ModuleType]) -> ModuleType:
+    return load_script("bench_rl2")
+
+
+def test_bench_rl2_scores_every_reference_policy_and_writes_json(bench_rl2: ModuleType, tmp_path: Path) -> None:
+    out = tmp_path / "rl2.json"
+    config = bench_rl2.BenchConfig(
+        settings=("bandit-k5-n10", "mdp-10x5"),
+        minutes=1e-4,  # one meta-iteration: the loop always runs at least one
+        num_envs=8,
+        hidden_size=8,
+        num_tasks=6,
+        trials_per_task=1,
+        threads=1,
+        json_out=out,
+    )
+    report = bench_rl2.main(config)
+    assert json.loads(out.read_text())["settings"].keys() == {"bandit-k5-n10", "mdp-10x5"}
+    bandit, mdp = report["settings"]["bandit-k5-n10"], report["settings"]["mdp-10x5"]
+    assert bandit["iterations"] == mdp["iterations"] == 1
+    assert {"RL2", "random", "UCB1", "Thompson", "Gittins"} <= bandit["results"].keys()
+    assert {"RL2", "random", "PSRL"} <= mdp["results"].keys()
+    for row in [*bandit["results"].values(), *mdp["results"].values()]:
+        assert math.isfinite(row["mean"]) and row["ci_half_width"] >= 0
+    # A 10-pull trial pays 0 or 1 per pull.
+    assert all(0 <= row["mean"] <= 10 for row in bandit["results"].values())
+
+
+def test_bench_rl2_flags_override_the_settings_own_hyperparameters(bench_rl2: ModuleType) -> None:
+    setting = bench_rl2.SETTINGS["bandit-k5-n100"]
+    used = bench_rl2.hyperparameters(setting, bench_rl2.BenchConfig(lr=1e-2))
+    assert used["lr"] == 1e-2
+    assert used["bptt_length"] == setting.hyperparameters["bptt_length"] == 20  # not given: the setting's own
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        ({"minutes": 0.0}, "minutes"),
+        ({"num_tasks": 0}, "num_tasks"),
+        ({"trials_per_task": -1}, "trials_per_task"),
+        ({"settings": ("bandit-k3-n7",)}, "bandit-k3-n7"),
+    ],
+)
+def test_bench_rl2_refuses_bad_flags_before_training(bench_rl2: ModuleType, flags: dict, named: str) -> None:
+    with pytest.raises(ValueError, match=named):
+        bench_rl2.BenchConfig(**flags)
+
+
+def test_bench_maml_refuses_a_non_positive_second_evaluation_size(load_script: Callable[[str], ModuleType]) -> None:
+    bench_maml = load_script("bench_maml")
+    with pytest.raises(ValueError, match="also_eval_episodes_per_task must be a positive int, got 0"):
+        bench_maml.BenchConfig(also_eval_episodes_per_task=0)
+    assert bench_maml.BenchConfig(also_eval_episodes_per_task=None).also_eval_episodes_per_task is None
