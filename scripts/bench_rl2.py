@@ -138,6 +138,9 @@ class BenchConfig:
     """Truncated-BPTT chunk length of the PPO update (default: the setting's own; whole trials except k=5, n=100)."""
     separate_critic: bool = False
     """Give the value head its own GRU instead (twice the compute per step)."""
+    anneal_lr: bool = False
+    """Decay the step size linearly to zero over the wall-clock budget (CleanRL's PPO anneals it over its
+    iterations), so that late updates cannot undo what was learned."""
     time_feature: bool | None = None
     """Also feed the steps taken in the trial (RL2Config.time_feature; default: the setting's own)."""
     num_tasks: int = 1000
@@ -226,11 +229,19 @@ def per_episode(agent: RL2, setting: Setting, config: BenchConfig) -> dict[str, 
     return rows
 
 
+def annealed_lr(lr: float, elapsed: float, budget: float) -> float:
+    """``lr`` decayed linearly from full at the start to zero when ``elapsed`` reaches ``budget`` (seconds)."""
+    return lr * max(0.0, 1 - elapsed / budget)
+
+
 def run_setting(name: str, config: BenchConfig) -> dict[str, object]:
     setting = SETTINGS[name]
     agent = make_agent(setting, config, config.seed)
-    began, iterations = time.perf_counter(), 0
-    while iterations == 0 or time.perf_counter() - began < config.minutes * 60:  # at least one iteration
+    began, iterations, budget = time.perf_counter(), 0, config.minutes * 60
+    while iterations == 0 or time.perf_counter() - began < budget:  # at least one iteration
+        if config.anneal_lr:
+            for group in agent.optimizer.param_groups:
+                group["lr"] = annealed_lr(agent.config.ppo.lr, time.perf_counter() - began, budget)
         metrics = agent.meta_train_step()
         iterations += 1
         if iterations % 50 == 0:  # the training curve, for runs that are watched
