@@ -116,8 +116,9 @@ class ReptileConfig:
         return linear_anneal(self.meta_lr, self.meta_lr_final, iteration, self.anneal_iterations)
 
 
-def linear_anneal(start: float, end: float, iteration: int, iterations: int) -> float:
-    """``start`` at iteration 0, linearly to ``end`` at ``iterations``, then ``end`` (Reptile's ε schedule)."""
+def linear_anneal(start: float, end: float, iteration: float, iterations: float) -> float:
+    """``start`` at iteration 0, linearly to ``end`` at ``iterations``, then ``end`` (Reptile's ε schedule; the
+    RL² benchmark's step size, with seconds for iterations)."""
     done = min(iteration / iterations, 1.0)
     return (1 - done) * start + done * end
 

@@ -39,6 +39,7 @@ import tyro
 
 import envs  # noqa: F401  (registers the built-in task families)
 from agents.ppo import PPOSettings
+from agents.reptile import linear_anneal
 from agents.rl2 import RL2, RL2Config
 from envs.reference_policies import reference_learners
 from metarl.evaluation import EvalConfig, evaluate, held_out_tasks, mean_ci, oracle_returns
@@ -229,11 +230,6 @@ def per_episode(agent: RL2, setting: Setting, config: BenchConfig) -> dict[str, 
     return rows
 
 
-def annealed_lr(lr: float, elapsed: float, budget: float) -> float:
-    """``lr`` decayed linearly from full at the start to zero when ``elapsed`` reaches ``budget`` (seconds)."""
-    return lr * max(0.0, 1 - elapsed / budget)
-
-
 def run_setting(name: str, config: BenchConfig) -> dict[str, object]:
     setting = SETTINGS[name]
     agent = make_agent(setting, config, config.seed)
@@ -241,7 +237,7 @@ def run_setting(name: str, config: BenchConfig) -> dict[str, object]:
     while iterations == 0 or time.perf_counter() - began < budget:  # at least one iteration
         if config.anneal_lr:
             for group in agent.optimizer.param_groups:
-                group["lr"] = annealed_lr(agent.config.ppo.lr, time.perf_counter() - began, budget)
+                group["lr"] = linear_anneal(agent.config.ppo.lr, 0.0, time.perf_counter() - began, budget)
         metrics = agent.meta_train_step()
         iterations += 1
         if iterations % 50 == 0:  # the training curve, for runs that are watched

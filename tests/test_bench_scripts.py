@@ -70,9 +70,3 @@ def test_bench_maml_refuses_a_non_positive_second_evaluation_size(load_script: C
     with pytest.raises(ValueError, match="also_eval_episodes_per_task must be a positive int, got 0"):
         bench_maml.BenchConfig(also_eval_episodes_per_task=0)
     assert bench_maml.BenchConfig(also_eval_episodes_per_task=None).also_eval_episodes_per_task is None
-
-
-def test_bench_rl2_anneals_the_step_size_linearly_to_zero_over_the_budget(bench_rl2: ModuleType) -> None:
-    assert bench_rl2.annealed_lr(1e-3, 0.0, 60.0) == 1e-3
-    assert bench_rl2.annealed_lr(1e-3, 45.0, 60.0) == pytest.approx(2.5e-4)
-    assert bench_rl2.annealed_lr(1e-3, 75.0, 60.0) == 0.0  # the last iteration may start past the budget

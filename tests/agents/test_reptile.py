@@ -12,7 +12,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 import envs  # noqa: F401
 import metarl
 from agents.ppo import PPOSettings, ppo_update
-from agents.reptile import SB3PPO, Reptile, ReptileConfig, reptile_update
+from agents.reptile import SB3PPO, Reptile, ReptileConfig, linear_anneal, reptile_update
 from metarl.policies import MLPPolicy, init_parameters
 from metarl.rollout import collect, start
 
@@ -280,3 +280,11 @@ def test_native_and_sb3_learners_adapt_comparably_at_equal_budget() -> None:
     torch.testing.assert_close(curves["native"][:, 0], curves["sb3"][:, 0])  # one measurement protocol for both
     for learner, curve in curves.items():
         assert float(curve[:, -1].mean() - curve[:, 0].mean()) > tolerance, learner
+
+
+def test_linear_anneal_runs_from_start_to_end_then_stays() -> None:
+    assert linear_anneal(1e-3, 0.0, 0.0, 60.0) == 1e-3
+    assert linear_anneal(1e-3, 0.0, 45.0, 60.0) == pytest.approx(2.5e-4)
+    assert linear_anneal(1e-3, 0.0, 75.0, 60.0) == 0.0  # bench_rl2's last iteration may start past its budget
+    assert linear_anneal(1.0, 0.1, 100, 200) == pytest.approx(0.55)
+    assert linear_anneal(1.0, 0.1, 400, 200) == pytest.approx(0.1)
