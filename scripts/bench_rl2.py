@@ -142,6 +142,9 @@ class BenchConfig:
     anneal_lr: bool = False
     """Decay the step size linearly to zero over the wall-clock budget (CleanRL's PPO anneals it over its
     iterations), so that late updates cannot undo what was learned."""
+    anneal_lr_start: float = 0.0
+    """With --anneal-lr: the fraction of the budget trained at the full step size before the decay begins
+    (0: decay from the start), so that a decay meant to settle a plateau does not slow the climb to it."""
     time_feature: bool | None = None
     """Also feed the steps taken in the trial (RL2Config.time_feature; default: the setting's own)."""
     num_tasks: int = 1000
@@ -163,6 +166,8 @@ class BenchConfig:
             raise ValueError(f"minutes must be positive, got {self.minutes!r}")
         for name in ("hidden_size", "num_tasks", "trials_per_task"):
             check_positive_int(name, getattr(self, name))
+        if not 0 <= self.anneal_lr_start < 1:
+            raise ValueError(f"anneal_lr_start must be in [0, 1), got {self.anneal_lr_start!r}")
         unknown = set(self.settings) - set(SETTINGS)
         if unknown:
             raise ValueError(f"unknown settings {sorted(unknown)}; choose from {sorted(SETTINGS)}")
@@ -230,6 +235,13 @@ def per_episode(agent: RL2, setting: Setting, config: BenchConfig) -> dict[str, 
     return rows
 
 
+def annealed_lr(lr: float, elapsed: float, budget: float, start: float) -> float:
+    """``--anneal-lr``'s step size after ``elapsed`` of ``budget`` seconds: ``lr`` for the first ``start``
+    fraction of the budget, then linearly to zero at the end of it."""
+    held = start * budget
+    return linear_anneal(lr, 0.0, max(elapsed - held, 0.0), budget - held)
+
+
 def run_setting(name: str, config: BenchConfig) -> dict[str, object]:
     setting = SETTINGS[name]
     agent = make_agent(setting, config, config.seed)
@@ -237,7 +249,7 @@ def run_setting(name: str, config: BenchConfig) -> dict[str, object]:
     while iterations == 0 or time.perf_counter() - began < budget:  # at least one iteration
         if config.anneal_lr:
             for group in agent.optimizer.param_groups:
-                group["lr"] = linear_anneal(agent.config.ppo.lr, 0.0, time.perf_counter() - began, budget)
+                group["lr"] = annealed_lr(agent.config.ppo.lr, time.perf_counter() - began, budget, config.anneal_lr_start)
         metrics = agent.meta_train_step()
         iterations += 1
         if iterations % 50 == 0:  # the training curve, for runs that are watched

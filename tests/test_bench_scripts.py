@@ -58,11 +58,31 @@ def test_bench_rl2_flags_override_the_settings_own_hyperparameters(bench_rl2: Mo
         ({"num_tasks": 0}, "num_tasks"),
         ({"trials_per_task": -1}, "trials_per_task"),
         ({"settings": ("bandit-k3-n7",)}, "bandit-k3-n7"),
+        ({"anneal_lr_start": 1.0}, "anneal_lr_start"),
+        ({"anneal_lr_start": -0.1}, "anneal_lr_start"),
     ],
 )
 def test_bench_rl2_refuses_bad_flags_before_training(bench_rl2: ModuleType, flags: dict, named: str) -> None:
     with pytest.raises(ValueError, match=named):
         bench_rl2.BenchConfig(**flags)
+
+
+@pytest.mark.parametrize(
+    ("start", "elapsed", "expected"),
+    [
+        (0.0, 0.0, 1e-3),  # decays from the start: CleanRL's schedule over the budget
+        (0.0, 50.0, 5e-4),
+        (0.6, 30.0, 1e-3),  # held for the first 60 of 100 seconds
+        (0.6, 60.0, 1e-3),
+        (0.6, 80.0, 5e-4),  # half way through the remaining 40
+        (0.6, 100.0, 0.0),
+        (0.6, 130.0, 0.0),  # the last iteration may end past the budget
+    ],
+)
+def test_bench_rl2_step_size_is_held_then_decays_to_zero_over_the_budget(
+    bench_rl2: ModuleType, start: float, elapsed: float, expected: float
+) -> None:
+    assert bench_rl2.annealed_lr(1e-3, elapsed, 100.0, start) == pytest.approx(expected)
 
 
 def test_bench_maml_refuses_a_non_positive_second_evaluation_size(load_script: Callable[[str], ModuleType]) -> None:
