@@ -168,6 +168,8 @@ class BenchConfig:
             check_positive_int(name, getattr(self, name))
         if not 0 <= self.anneal_lr_start < 1:
             raise ValueError(f"anneal_lr_start must be in [0, 1), got {self.anneal_lr_start!r}")
+        if self.anneal_lr_start > 0 and not self.anneal_lr:
+            raise ValueError(f"anneal_lr_start={self.anneal_lr_start!r} has no effect without --anneal-lr")
         unknown = set(self.settings) - set(SETTINGS)
         if unknown:
             raise ValueError(f"unknown settings {sorted(unknown)}; choose from {sorted(SETTINGS)}")

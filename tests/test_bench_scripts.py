@@ -60,6 +60,7 @@ def test_bench_rl2_flags_override_the_settings_own_hyperparameters(bench_rl2: Mo
         ({"settings": ("bandit-k3-n7",)}, "bandit-k3-n7"),
         ({"anneal_lr_start": 1.0}, "anneal_lr_start"),
         ({"anneal_lr_start": -0.1}, "anneal_lr_start"),
+        ({"anneal_lr_start": 0.5}, "has no effect without --anneal-lr"),
     ],
 )
 def test_bench_rl2_refuses_bad_flags_before_training(bench_rl2: ModuleType, flags: dict, named: str) -> None:
