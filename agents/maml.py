@@ -32,6 +32,7 @@ from agents.baselines import LinearFeatureBaseline
 from agents.losses import masked_mean, ppo_clip_loss, reinforce_loss, surrogate_loss
 from agents.trpo import trpo_step
 from metarl.env import RescaledActions, TensorEnv
+from metarl.machine import synchronize
 from metarl.policies import MLPPolicy, init_parameters
 from metarl.returns import discounted_returns, gae, next_values
 from metarl.rollout import (
@@ -402,6 +403,7 @@ class MAML:
         began = time.perf_counter()
         # TRPO's gradient reuses the adaptation the validation rollout was sampled with, graph included.
         inner, valid, adapted = self._sample_adaptation(self.env, num_tasks, cfg.inner_steps, differentiable=cfg.outer == "trpo")
+        synchronize(self.device)
         sampled = time.perf_counter()
         dist = self.policy.action_dist
 

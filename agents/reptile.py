@@ -38,6 +38,7 @@ import metarl
 from agents.ppo import PPOSettings, ppo_update
 from metarl.adapters import SB3VecEnv
 from metarl.env import TaskFamily, TensorEnv
+from metarl.machine import synchronize
 from metarl.policies import MLPPolicy, init_parameters
 from metarl.returns import gae, next_values
 from metarl.rollout import Params, Trajectories, collect, first_episode_returns, start
@@ -141,7 +142,7 @@ class InnerLearner(Protocol):
     """Adapts the meta-parameters to a batch of tasks with ``num_updates`` PPO updates each."""
 
     def adapt(self, theta: Params, tasks: Tasks, num_updates: int, measure: bool) -> tuple[Params, torch.Tensor]:
-        """Returns the adapted parameters ``(M, ...)`` and per-task returns ``(R, M)``.
+        """Returns the adapted parameters ``(M, ...)`` and per-task returns ``(R, M)``, on the agent's device.
 
         With ``measure``, ``R = num_updates + 1`` and row ``j`` is the mean
         first-episode return of fresh episodes under the parameters after
@@ -302,7 +303,7 @@ class SB3PPO:
             paths.append(path)
         after = [{k: torch.stack([path[j][k] for path in paths]) for k in theta} for j in range(len(paths[0]))]
         if not measure:
-            return after[-1], seen
+            return after[-1], seen.to(self.agent.device)  # on the agent's device, as the native learner's
         # The curve is measured exactly as the native learner's: fresh first episodes under each update's parameters.
         return after[-1], torch.stack([self.agent.measure(params, tasks) for params in after])
 
@@ -374,6 +375,7 @@ class Reptile:
         tasks = self.family.task_space.sample(cfg.meta_batch_size, generator=self.task_generator, split="train")
         theta = dict(self.policy.named_parameters())
         adapted, returns = self.inner.adapt(theta, tasks, cfg.inner_updates, measure=False)
+        synchronize(self.device)
         adapted_at = time.perf_counter()
         step_size = cfg.meta_step_size(self.iteration)
         if self.outer is None:

@@ -26,6 +26,7 @@ import tyro
 import metarl
 from agents.ppo import PPOSettings, ppo_update
 from metarl.env import TensorEnv
+from metarl.machine import synchronize
 from metarl.policies import GRUPolicy, init_parameters
 from metarl.returns import gae, next_values
 from metarl.rollout import collect, start
@@ -117,6 +118,7 @@ class RL2:
         self.env.set_tasks(tasks)
         params = {k: v.detach() for k, v in self.policy.named_parameters()}
         traj, _ = collect(self.env, self.policy, params, self.trial_steps, start(self.env, self.policy), self.action_generator)
+        synchronize(self.device)
         sampled = time.perf_counter()
         nv = next_values(traj.values, traj.last_value, traj.terminated, traj.truncated, traj.final_values)
         advantages, returns = gae(traj.rewards * cfg.reward_scale, traj.values, nv, traj.done, cfg.gamma, cfg.gae_lambda)

@@ -36,3 +36,15 @@ def machine_info(device: torch.device | str = "cpu") -> dict[str, Any]:
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait for the work queued on ``device``, so that a host clock read next counts it (no-op off CUDA).
+
+    CUDA kernels run asynchronously: without this, a timer read between two
+    phases (sampling, then the update) charges the first phase's kernels to the
+    second. Called at phase boundaries only, never inside a rollout.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -239,7 +239,7 @@ def measure_learning(config: BenchConfig, inner_loop: str) -> dict[str, object]:
 def main(config: BenchConfig) -> dict[str, object]:
     if config.threads is not None:
         torch.set_num_threads(config.threads)
-    report: dict[str, object] = {"machine": machine_info(), "paper": PAPER, "pytorch_maml_rl": PYTORCH_MAML_RL}
+    report: dict[str, object] = {"machine": machine_info(config.device), "paper": PAPER, "pytorch_maml_rl": PYTORCH_MAML_RL}
     print(f"machine: {report['machine']}")
     inner_loop = config.inner_loop
     if config.mode in ("speed", "both"):

@@ -157,12 +157,6 @@ class PointRobotEnv(gymnasium.Env[np.ndarray, np.ndarray]):
 # --- timing ---------------------------------------------------------------------------------
 
 
-def synchronizer(device: torch.device) -> Callable[[], None]:
-    if device.type == "cuda":
-        return lambda: torch.cuda.synchronize(device)
-    return lambda: None
-
-
 def timed(
     call: Callable[[], None], sync: Callable[[], None], env_steps_per_call: int, steps_per_call: int, cfg: Config
 ) -> tuple[list[float], int]:
@@ -422,7 +416,8 @@ def main(cfg: Config) -> list[Result]:
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     num_envs = cfg.num_envs or (CUDA_NUM_ENVS if device.type == "cuda" else CPU_NUM_ENVS)
-    sync_device, sync_cpu = synchronizer(device), synchronizer(torch.device("cpu"))
+    sync_device = functools.partial(metarl.machine.synchronize, device)
+    sync_cpu = functools.partial(metarl.machine.synchronize, "cpu")
     info = machine_info(device)
     print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()))
     print(f"N = {num_envs}; ~{cfg.steps_budget_s}s of timed steps per configuration in {cfg.repeats} repeats (median),")
