@@ -66,8 +66,17 @@ def replay_sequence(
     The memory is zeroed after every step where ``reset_memory`` is set, as in
     the rollout. ``params``: as in :func:`metarl.rollout.policy_forward`
     (default: the policy's own). Returns distribution parameters ``(L, B, P)`` and values ``(L, B)``.
+
+    A policy with a ``forward_sequence`` (:class:`metarl.policies.GRUPolicy`)
+    runs the whole sequence in one fused call when its parameters are plain
+    and no reset falls inside the sequence (RL²'s rollouts are one trial, so
+    its memory is reset only after the last step); otherwise one step at a time.
     """
     params = dict(policy.named_parameters()) if params is None else params
+    fused = getattr(policy, "forward_sequence", None)
+    if fused is not None and task_batch_size(policy, params) is None and not bool(reset_memory[:-1].any()):
+        out = fused(params, obs, hidden)
+        return out.dist_params, out.value
     dist, values = [], []
     for t in range(obs.shape[0]):
         out = policy_forward(policy, params, obs[t], hidden)

@@ -10,7 +10,9 @@ computes log-probabilities, entropies and KL divergences from those parameters.
 
 from __future__ import annotations
 
+import functools
 import math
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
@@ -241,6 +243,14 @@ def _gru_cell(x: torch.Tensor, h: torch.Tensor, params: Mapping[str, torch.Tenso
     return (1 - update) * candidate + update * h
 
 
+@functools.cache
+def _gru_shell(input_size: int, hidden_size: int) -> nn.GRU:
+    """A weightless ``nn.GRU`` (on the meta device) that :meth:`GRUPolicy.forward_sequence` runs under its own
+    gate parameters with ``functional_call``: the fused recurrent kernel (cuDNN on CUDA) without a second copy of
+    the weights in the policy's parameters or checkpoints."""
+    return nn.GRU(input_size, hidden_size, device="meta")
+
+
 class GRUPolicy(_PolicyBase):
     """Recurrent policy: a GRU cell over the input, linear policy and value heads on its state.
 
@@ -306,6 +316,53 @@ class GRUPolicy(_PolicyBase):
             value = task_linear(h_critic, params["critic.weight"], params["critic.bias"]).squeeze(-1)
         state = torch.cat([h, h_critic], dim=-1) if self.separate_critic else h
         return PolicyOutput(out, value, state)
+
+    def forward_sequence(self, params: Mapping[str, torch.Tensor], obs: torch.Tensor, hidden: torch.Tensor) -> PolicyOutput:
+        """:meth:`forward_with` over ``L`` consecutive steps ``(L, B, obs_dim)`` from states ``(B, hidden_size)``,
+        with no memory reset inside the sequence.
+
+        Each GRU runs as one fused recurrent kernel (``nn.GRU``'s: cuDNN on
+        CUDA) instead of ``L`` cell calls, the same equations: on a GPU, where
+        a cell call is a dozen small kernel launches, this is what makes a
+        recurrent PPO update fast. On Ampere and later GPUs cuDNN computes it
+        in TF32 unless ``torch.backends.cudnn.allow_tf32`` is off (PyTorch's
+        default is on): about 1e-4 from the cell's float32 on an H100, noise
+        that PPO's ratio clipping absorbs. Plain parameters only (no leading
+        task dimension). Returns distribution parameters ``(L, B, P)``, values
+        ``(L, B)`` (or None) and the last state ``(B, hidden_size)``.
+        """
+        if params["input_gates.weight"].dim() != 2:
+            raise ValueError("forward_sequence takes plain parameters; per-task stacks go through forward_with step by step")
+        shell = _gru_shell(obs.shape[-1], self.cell_size)
+
+        def run(h0: torch.Tensor, prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
+            weights = {
+                "weight_ih_l0": params[f"{prefix}input_gates.weight"],
+                "weight_hh_l0": params[f"{prefix}hidden_gates.weight"],
+                "bias_ih_l0": params[f"{prefix}input_gates.bias"],
+                "bias_hh_l0": params[f"{prefix}hidden_gates.bias"],
+            }
+            with warnings.catch_warnings():
+                # cuDNN wants the four weights in one buffer and copies them into one, which is what we want here.
+                warnings.filterwarnings("ignore", message="RNN module weights are not part of single contiguous chunk")
+                states, last = torch.func.functional_call(shell, weights, (obs, h0.unsqueeze(0).contiguous()))
+            return states, last[0]
+
+        if not self.separate_critic:
+            states, last = run(hidden, "")
+            states_critic = states
+        else:
+            h_actor, h_critic = hidden.split(self.cell_size, dim=-1)
+            states, last_actor = run(h_actor, "")
+            states_critic, last_critic = run(h_critic, "critic_")
+            last = torch.cat([last_actor, last_critic], dim=-1)
+        out = task_linear(states, params["actor.weight"], params["actor.bias"])
+        if self.gaussian:
+            out = _with_log_std(out, params["log_std"])
+        value = None
+        if self.critic is not None:
+            value = task_linear(states_critic, params["critic.weight"], params["critic.bias"]).squeeze(-1)
+        return PolicyOutput(out, value, last)
 
 
 Policy = MLPPolicy | GRUPolicy

@@ -107,6 +107,54 @@ def test_gru_policy_forward_with_per_task_parameters(separate_critic: bool) -> N
             torch.testing.assert_close(got[task], want)
 
 
+def _step_by_step(policy: GRUPolicy, params: dict, obs: torch.Tensor, hidden: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    outs = []
+    for t in range(obs.shape[0]):
+        out = policy.forward_with(params, obs[t], hidden)
+        outs.append(out)
+        hidden = out.hidden
+    return torch.stack([o.dist_params for o in outs]), torch.stack([o.value for o in outs]), hidden
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+@pytest.mark.parametrize("action_space", [spaces.Discrete(3), spaces.Box(-1, 1, (2,))], ids=["discrete", "box"])
+@pytest.mark.parametrize("separate_critic", [False, True])
+def test_gru_forward_sequence_matches_the_cell_step_by_step(separate_critic: bool, action_space, device: str) -> None:
+    """The fused sequence (nn.GRU's kernel, cuDNN on CUDA) gives the cell's outputs, last state and gradients.
+
+    cuDNN may run recurrent layers in TF32 (PyTorch's default on Ampere and later: 1e-4 differences on an
+    H100), so the equations are compared in full float32.
+    """
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        _check_forward_sequence(separate_critic, action_space, device)
+
+
+def _check_forward_sequence(separate_critic: bool, action_space: spaces.Space, device: str) -> None:
+    torch.manual_seed(0)
+    policy = GRUPolicy(5, action_space, hidden_size=8, separate_critic=separate_critic).to(device)
+    params = dict(policy.named_parameters())
+    obs, hidden = torch.randn(7, 4, 5, device=device), torch.randn(4, policy.hidden_size, device=device)
+    fused = policy.forward_sequence(params, obs, hidden)
+    stepped = _step_by_step(policy, params, obs, hidden)
+    for got, want in zip(fused, stepped, strict=True):
+        torch.testing.assert_close(got, want)
+    weights = torch.randn_like(stepped[0])
+    fused_grads = torch.autograd.grad((fused.dist_params * weights).sum() + fused.value.sum(), list(params.values()))
+    stepped_grads = torch.autograd.grad((stepped[0] * weights).sum() + stepped[1].sum(), list(params.values()))
+    for name, got, want in zip(params, fused_grads, stepped_grads, strict=True):
+        torch.testing.assert_close(got, want, msg=lambda m, name=name: f"{name}: {m}")
+    assert fused.hidden.device.type == device
+
+
+def test_gru_forward_sequence_refuses_per_task_parameters() -> None:
+    policy = GRUPolicy(3, spaces.Discrete(2), hidden_size=4)
+    per_task = {k: torch.stack([v, v]) for k, v in policy.named_parameters()}
+    with pytest.raises(ValueError, match="plain parameters"):
+        policy.forward_sequence(per_task, torch.randn(2, 4, 3), torch.zeros(4, 4))
+
+
 def test_separate_critic_has_its_own_memory() -> None:
     """The value head reads a second GRU: the actor's outputs and memory are those of a shared-memory policy with
     the same actor weights, whatever the critic's weights; the value is the critic GRU's, and only it moves the value."""

@@ -35,10 +35,17 @@ def test_replayed_chunks_reproduce_the_rollout(separate_critic: bool) -> None:
     traj, _ = collect(
         trials, policy, dict(policy.named_parameters()), 12, start(trials, policy, seed=0), torch.Generator().manual_seed(1)
     )
-    for length in (12, 4, 3):
+    fused_calls = []
+    step_by_step = policy.forward_sequence
+    policy.forward_sequence = lambda *args: fused_calls.append(1) or step_by_step(*args)
+    # Trials are 6 steps: chunks of 12 and 4 have a memory reset inside and go step by step, chunks of 3 and 6 end
+    # where a trial ends and run as one fused sequence.
+    for length, fused in ((12, False), (4, False), (3, True), (6, True)):
         hidden = _chunks(traj.hidden, length)[0]
+        fused_calls.clear()
         with torch.no_grad():
             dist, values = replay_sequence(policy, _chunks(traj.obs, length), hidden, _chunks(traj.reset_memory, length))
+        assert bool(fused_calls) == fused, length
         torch.testing.assert_close(dist, _chunks(traj.dist_params, length))
         torch.testing.assert_close(values, _chunks(traj.values, length))
 
