@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import statistics
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -248,12 +249,15 @@ def run_setting(name: str, config: BenchConfig) -> dict[str, object]:
     setting = SETTINGS[name]
     agent = make_agent(setting, config, config.seed)
     began, iterations, budget = time.perf_counter(), 0, config.minutes * 60
+    phases: dict[str, list[float]] = {"seconds_sampling": [], "seconds_update": []}
     while iterations == 0 or time.perf_counter() - began < budget:  # at least one iteration
         if config.anneal_lr:
             for group in agent.optimizer.param_groups:
                 group["lr"] = annealed_lr(agent.config.ppo.lr, time.perf_counter() - began, budget, config.anneal_lr_start)
         metrics = agent.meta_train_step()
         iterations += 1
+        for key, seconds in phases.items():
+            seconds.append(metrics[key])
         if iterations % 50 == 0:  # the training curve, for runs that are watched
             print(
                 f"  iteration {iterations:5d} ({(time.perf_counter() - began) / 60:5.1f} min): "
@@ -261,17 +265,27 @@ def run_setting(name: str, config: BenchConfig) -> dict[str, object]:
                 flush=True,
             )
     minutes, used = (time.perf_counter() - began) / 60, hyperparameters(setting, config)
+    medians = {key: statistics.median(seconds) for key, seconds in phases.items()}
     print(f"\n{name}: {iterations} meta-iterations in {minutes:.1f} min, hyperparameters {used}")
-    print(f"last training trial return {metrics['trial_return']:.2f}")
+    print(
+        f"median seconds per meta-iteration: sampling {medians['seconds_sampling']:.3f}, update {medians['seconds_update']:.3f}; "
+        f"last training trial return {metrics['trial_return']:.2f}"
+    )
     score = against_reference_policies if setting.against_reference_policies else per_episode
-    return {"iterations": iterations, "minutes": minutes, "hyperparameters": used, "results": score(agent, setting, config)}
+    return {
+        "iterations": iterations,
+        "minutes": minutes,
+        **{f"median_{key}": value for key, value in medians.items()},
+        "hyperparameters": used,
+        "results": score(agent, setting, config),
+    }
 
 
 def main(config: BenchConfig) -> dict[str, object]:
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     report: dict[str, object] = {
-        "machine": machine_info(),
+        "machine": machine_info(config.device),
         "config": dataclasses.asdict(config),
     }
     print(f"machine: {report['machine']}")
