@@ -16,6 +16,10 @@ shift
 parts=("$@")
 [ ${#parts[@]} -eq 0 ] && parts=(tests rollout maml reptile main)
 device=${METARL_GPU_DEVICE:-cuda}
+known=" tests rollout maml reptile main rl2-speed rl2-k5n10 rl2-k10n100 rl2-k5n100 "
+for p in "${parts[@]}"; do  # all checked before anything runs: device time is scarce
+    [[ $known == *" $p "* ]] || { echo "unknown part: $p (choose from:$known)" >&2; exit 2; }
+done
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 
@@ -64,7 +68,6 @@ for p in "${parts[@]}"; do
         part rl2-k5n100 560 python scripts/bench_rl2.py --device "$device" --minutes 5 --settings bandit-k5-n100 \
             --anneal-lr --json-out "$out/rl2-k5n100.json"
         ;;
-    *) echo "unknown part: $p (see the header of $0)" >&2 && exit 2 ;;
     esac
 done
 cat "$out/status.txt"

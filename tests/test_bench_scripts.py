@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -42,6 +43,14 @@ def test_bench_rl2_scores_every_reference_policy_and_writes_json(bench_rl2: Modu
         assert math.isfinite(row["mean"]) and row["ci_half_width"] >= 0
     # A 10-pull trial pays 0 or 1 per pull.
     assert all(0 <= row["mean"] <= 10 for row in bandit["results"].values())
+    assert bandit["median_seconds_sampling"] > 0 and bandit["median_seconds_update"] > 0
+
+
+def test_bench_gpu_refuses_an_unknown_part_before_running_anything(tmp_path: Path) -> None:
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_gpu.sh"
+    done = subprocess.run(["bash", str(script), str(tmp_path), "tests", "rl2-k5n10x"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "unknown part: rl2-k5n10x" in done.stderr
+    assert not (tmp_path / "status.txt").exists()
 
 
 def test_bench_rl2_flags_override_the_settings_own_hyperparameters(bench_rl2: ModuleType) -> None:
