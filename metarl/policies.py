@@ -308,14 +308,20 @@ class GRUPolicy(_PolicyBase):
             h_actor, h_critic = hidden.split(self.cell_size, dim=-1)
             h = _gru_cell(obs, h_actor, params, "")
             h_critic = _gru_cell(obs, h_critic, params, "critic_")
+        state = torch.cat([h, h_critic], dim=-1) if self.separate_critic else h
+        return PolicyOutput(*self._heads(params, h, h_critic), state)
+
+    def _heads(
+        self, params: Mapping[str, torch.Tensor], h: torch.Tensor, h_critic: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Distribution parameters from the actor's states ``h``, values (or None) from the critic's ``h_critic``."""
         out = task_linear(h, params["actor.weight"], params["actor.bias"])
         if self.gaussian:
             out = _with_log_std(out, params["log_std"])
         value = None
         if self.critic is not None:
             value = task_linear(h_critic, params["critic.weight"], params["critic.bias"]).squeeze(-1)
-        state = torch.cat([h, h_critic], dim=-1) if self.separate_critic else h
-        return PolicyOutput(out, value, state)
+        return out, value
 
     def forward_sequence(self, params: Mapping[str, torch.Tensor], obs: torch.Tensor, hidden: torch.Tensor) -> PolicyOutput:
         """:meth:`forward_with` over ``L`` consecutive steps ``(L, B, obs_dim)`` from states ``(B, hidden_size)``,
@@ -343,7 +349,7 @@ class GRUPolicy(_PolicyBase):
                 "bias_hh_l0": params[f"{prefix}hidden_gates.bias"],
             }
             with warnings.catch_warnings():
-                # cuDNN wants the four weights in one buffer and copies them into one, which is what we want here.
+                # cuDNN copies the four weights into one buffer on every call: expected, they live in our own layers.
                 warnings.filterwarnings("ignore", message="RNN module weights are not part of single contiguous chunk")
                 states, last = torch.func.functional_call(shell, weights, (obs, h0.unsqueeze(0).contiguous()))
             return states, last[0]
@@ -356,13 +362,7 @@ class GRUPolicy(_PolicyBase):
             states, last_actor = run(h_actor, "")
             states_critic, last_critic = run(h_critic, "critic_")
             last = torch.cat([last_actor, last_critic], dim=-1)
-        out = task_linear(states, params["actor.weight"], params["actor.bias"])
-        if self.gaussian:
-            out = _with_log_std(out, params["log_std"])
-        value = None
-        if self.critic is not None:
-            value = task_linear(states_critic, params["critic.weight"], params["critic.bias"]).squeeze(-1)
-        return PolicyOutput(out, value, last)
+        return PolicyOutput(*self._heads(params, states, states_critic), last)
 
 
 Policy = MLPPolicy | GRUPolicy
