@@ -1,4 +1,4 @@
-"""What a benchmark ran on, recorded beside its figures (BENCHMARKS.md compares figures from one machine only)."""
+"""What a benchmark ran on (BENCHMARKS.md compares figures from one machine only), and timing its phases on a device."""
 
 from __future__ import annotations
 
