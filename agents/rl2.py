@@ -65,6 +65,9 @@ class RL2Config:
     """PPO update settings (epochs, minibatches, clip, learning rate, BPTT length, ...)."""
     eval_envs_per_task: int = 4
     """Trials per held-out task in ``adaptation_curve``."""
+    eval_deterministic: bool = False
+    """``adaptation_curve`` takes the policy's most likely action instead of sampling one (SB3's
+    ``evaluate_policy(deterministic=True)``). Off by default: RL²'s exploration may rely on sampling."""
     device: Annotated[str, tyro.conf.Suppress] = "cpu"
     """Torch device for envs, policy and updates (on the command line: train_metarl.py's --device)."""
     seed: Annotated[int, tyro.conf.Suppress] = 0
@@ -135,12 +138,19 @@ class RL2:
 
     # --- evaluation -------------------------------------------------------------------------
     @torch.no_grad()
-    def adaptation_curve(self, tasks: Tasks, num_steps: int, generator: torch.Generator) -> torch.Tensor:
+    def adaptation_curve(
+        self, tasks: Tasks, num_steps: int, generator: torch.Generator, deterministic: bool | None = None
+    ) -> torch.Tensor:
         """Mean return of episode 0..``num_steps`` of a trial, per task: ``(num_steps + 1, M)``.
 
         Trials here have ``num_steps + 1`` episodes (training used
         ``episodes_per_trial``); each task runs ``eval_envs_per_task`` trials.
+        ``deterministic``: take the policy's mode instead of sampling (default:
+        ``config.eval_deterministic``).
         """
+        if deterministic is None:
+            deterministic = self.config.eval_deterministic
+        dist = self.policy.action_dist
         episodes = num_steps + 1
         per_task = self.config.eval_envs_per_task
         key = (len(tasks), episodes)
@@ -157,7 +167,7 @@ class RL2:
         columns = torch.arange(env.num_envs, device=self.device)
         for _ in range(env.max_trial_steps):
             out = self.policy(obs, hidden)
-            action = self.policy.action_dist.sample(out.dist_params, actions)
+            action = dist.mode(out.dist_params) if deterministic else dist.sample(out.dist_params, actions)
             episode = env.episode_index.clone()
             step = env.step(action)
             totals.index_put_((episode, columns), step.reward * in_first_trial, accumulate=True)

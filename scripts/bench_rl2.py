@@ -43,8 +43,10 @@ from agents.ppo import PPOSettings
 from agents.reptile import linear_anneal
 from agents.rl2 import RL2, RL2Config
 from envs.reference_policies import reference_learners
+from metarl.checkpoint import load_checkpoint, save_checkpoint
 from metarl.evaluation import EvalConfig, evaluate, held_out_tasks, mean_ci, oracle_returns
 from metarl.machine import machine_info
+from metarl.tasks import Tasks
 from metarl.validation import check_positive_int
 
 SettingName = Literal["bandit-k5-n10", "bandit-k10-n100", "bandit-k5-n100", "mdp-10x5", "navigation2d", "pendulum"]
@@ -160,6 +162,12 @@ class BenchConfig:
     """Seed of the RL² agents."""
     json_out: Path | None = None
     """Write every figure as JSON here."""
+    save_dir: Path | None = None
+    """Save each setting's trained agent here as ``SETTING.pt`` before it is scored, so that a lost scoring can be
+    re-run with --load-dir."""
+    load_dir: Path | None = None
+    """Score the agents saved in this directory by --save-dir instead of training (--minutes is then unused; the
+    other flags must match the saved run's, or loading fails)."""
 
     def __post_init__(self) -> None:
         # Checked here, not after a setting's whole training budget.
@@ -174,6 +182,10 @@ class BenchConfig:
         unknown = set(self.settings) - set(SETTINGS)
         if unknown:
             raise ValueError(f"unknown settings {sorted(unknown)}; choose from {sorted(SETTINGS)}")
+        if self.load_dir is not None:
+            missing = [name for name in self.settings if not (self.load_dir / f"{name}.pt").is_file()]
+            if missing:
+                raise ValueError(f"--load-dir {self.load_dir} holds no saved agent for {missing}")
 
 
 def hyperparameters(setting: Setting, config: BenchConfig) -> dict[str, Any]:
@@ -204,10 +216,25 @@ def make_agent(setting: Setting, config: BenchConfig, seed: int) -> RL2:
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class ModeActions:
+    """An RL² agent scored with its most likely action at every step instead of a sampled one."""
+
+    agent: RL2
+
+    def adaptation_curve(self, tasks: Tasks, num_steps: int, generator: torch.Generator) -> torch.Tensor:
+        return self.agent.adaptation_curve(tasks, num_steps, generator, deterministic=True)
+
+
 def against_reference_policies(agent: RL2, setting: Setting, config: BenchConfig) -> dict[str, dict[str, float]]:
-    """Total reward per trial on ``config.num_tasks`` held-out tasks, RL² and the reference policies."""
+    """Total reward per trial on ``config.num_tasks`` held-out tasks: RL² (sampled and most likely actions) and
+    the reference policies."""
     tasks = agent.family.task_space.sample(config.num_tasks, generator=torch.Generator().manual_seed(12345), split="test")
-    learners = {"RL2": agent, **reference_learners(agent.family, trials_per_task=config.trials_per_task, device=config.device)}
+    learners = {
+        "RL2": agent,
+        "RL2 (mode)": ModeActions(agent),
+        **reference_learners(agent.family, trials_per_task=config.trials_per_task, device=config.device),
+    }
     rows: dict[str, dict[str, float]] = {}
     for learner_name, learner in learners.items():
         # Total reward per trial: the sum over the trial's episodes of each task's mean episode return.
@@ -226,9 +253,14 @@ def against_reference_policies(agent: RL2, setting: Setting, config: BenchConfig
 
 
 def per_episode(agent: RL2, setting: Setting, config: BenchConfig) -> dict[str, dict[str, list[float]]]:
-    """Return of each episode of a trial on the evaluator's held-out tasks, RL², the untrained network, the oracle."""
+    """Return of each episode of a trial on the evaluator's held-out tasks: RL² (sampled and most likely actions),
+    the untrained network, the oracle."""
     eval_config = EvalConfig(num_steps=setting.episodes_per_trial - 1)
-    learners = {"RL2": agent, "untrained RL2": make_agent(setting, config, seed=config.seed + 10_000)}
+    learners = {
+        "RL2": agent,
+        "RL2 (mode)": ModeActions(agent),
+        "untrained RL2": make_agent(setting, config, seed=config.seed + 10_000),
+    }
     oracle = functools.partial(oracle_returns, agent.family, device=config.device)
     result = evaluate(learners, held_out_tasks(agent.family, eval_config), eval_config, oracle=oracle, x_label="episode in trial")
     print(result.table())
@@ -248,6 +280,11 @@ def annealed_lr(lr: float, elapsed: float, budget: float, start: float) -> float
 def run_setting(name: str, config: BenchConfig) -> dict[str, object]:
     setting = SETTINGS[name]
     agent = make_agent(setting, config, config.seed)
+    score = against_reference_policies if setting.against_reference_policies else per_episode
+    if config.load_dir is not None:
+        agent.load_state_dict(load_checkpoint(config.load_dir / f"{name}.pt", map_location=agent.device))
+        print(f"\n{name}: scoring the agent saved after {agent.iteration} meta-iterations in {config.load_dir}")
+        return {"iterations": agent.iteration, "loaded_from": str(config.load_dir), "results": score(agent, setting, config)}
     began, iterations, budget = time.perf_counter(), 0, config.minutes * 60
     phases: dict[str, list[float]] = {"seconds_sampling": [], "seconds_update": []}
     while iterations == 0 or time.perf_counter() - began < budget:  # at least one iteration
@@ -271,7 +308,9 @@ def run_setting(name: str, config: BenchConfig) -> dict[str, object]:
         f"median seconds per meta-iteration: sampling {medians['seconds_sampling']:.3f}, update {medians['seconds_update']:.3f}; "
         f"last training trial return {metrics['trial_return']:.2f}"
     )
-    score = against_reference_policies if setting.against_reference_policies else per_episode
+    if config.save_dir is not None:
+        config.save_dir.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(config.save_dir / f"{name}.pt", agent.state_dict())
     return {
         "iterations": iterations,
         "minutes": minutes,

@@ -6,6 +6,7 @@ that a run completes, reports every learner it promises, and writes its JSON.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -32,13 +33,19 @@ def test_bench_rl2_scores_every_reference_policy_and_writes_json(bench_rl2: Modu
         trials_per_task=1,
         threads=1,
         json_out=out,
+        save_dir=tmp_path / "agents",
     )
     report = bench_rl2.main(config)
     assert json.loads(out.read_text())["settings"].keys() == {"bandit-k5-n10", "mdp-10x5"}
     bandit, mdp = report["settings"]["bandit-k5-n10"], report["settings"]["mdp-10x5"]
     assert bandit["iterations"] == mdp["iterations"] == 1
-    assert {"RL2", "random", "UCB1", "Thompson", "Gittins"} <= bandit["results"].keys()
-    assert {"RL2", "random", "PSRL"} <= mdp["results"].keys()
+    assert {"RL2", "RL2 (mode)", "random", "UCB1", "Thompson", "Gittins"} <= bandit["results"].keys()
+    assert {"RL2", "RL2 (mode)", "random", "PSRL"} <= mdp["results"].keys()
+    # The saved agents are scored again without training, to the same figures.
+    rescored = bench_rl2.main(dataclasses.replace(config, json_out=None, save_dir=None, load_dir=tmp_path / "agents"))
+    for name in config.settings:
+        assert rescored["settings"][name]["iterations"] == 1
+        assert rescored["settings"][name]["results"] == report["settings"][name]["results"]
     for row in [*bandit["results"].values(), *mdp["results"].values()]:
         assert math.isfinite(row["mean"]) and row["ci_half_width"] >= 0
     # A 10-pull trial pays 0 or 1 per pull.
@@ -70,6 +77,7 @@ def test_bench_rl2_flags_override_the_settings_own_hyperparameters(bench_rl2: Mo
         ({"anneal_lr_start": 1.0}, "anneal_lr_start"),
         ({"anneal_lr_start": -0.1}, "anneal_lr_start"),
         ({"anneal_lr_start": 0.5}, "has no effect without --anneal-lr"),
+        ({"load_dir": Path("no-such-dir")}, r"no saved agent for \['bandit-k5-n10'"),
     ],
 )
 def test_bench_rl2_refuses_bad_flags_before_training(bench_rl2: ModuleType, flags: dict, named: str) -> None:

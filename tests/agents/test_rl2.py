@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -89,6 +91,21 @@ def test_adaptation_curve_is_per_episode_of_a_trial() -> None:
     curve = agent.adaptation_curve(tasks, 2, torch.Generator().manual_seed(0))
     assert curve.shape == (3, 4)
     torch.testing.assert_close(curve, agent.adaptation_curve(tasks, 2, torch.Generator().manual_seed(0)))
+
+
+def test_deterministic_evaluation_takes_the_mode_action() -> None:
+    """Navigation2D's dynamics are deterministic, so with mode actions no draw is left: any generator gives the
+    same curve; sampled actions give a different curve per generator."""
+    config = RL2Config(env_id="metarl/Navigation2D-v0", episodes_per_trial=2, num_envs=4, hidden_size=8, eval_envs_per_task=2)
+    agent = RL2(config)
+    tasks = agent.family.task_space.sample(3, generator=torch.Generator().manual_seed(0), split="test")
+    mode = [agent.adaptation_curve(tasks, 1, torch.Generator().manual_seed(seed), deterministic=True) for seed in (0, 1)]
+    torch.testing.assert_close(mode[0], mode[1], rtol=0, atol=0)
+    sampled = [agent.adaptation_curve(tasks, 1, torch.Generator().manual_seed(seed)) for seed in (0, 1)]
+    assert not torch.equal(sampled[0], sampled[1])
+    assert not torch.equal(sampled[0], mode[0])
+    by_config = RL2(dataclasses.replace(config, eval_deterministic=True))
+    torch.testing.assert_close(by_config.adaptation_curve(tasks, 1, torch.Generator().manual_seed(2)), mode[0])
 
 
 def test_reward_scale_scales_the_value_targets_not_the_reported_return(monkeypatch: pytest.MonkeyPatch) -> None:
