@@ -95,7 +95,7 @@ class RL2:
         if self.family.max_episode_steps is None:
             raise ValueError(f"{config.env_id} declares no episode limit; RL² needs bounded trials")
         self.trial_steps = self.family.max_episode_steps * config.episodes_per_trial
-        self.env = self._trial_env(config.num_envs, config.episodes_per_trial, config.seed + 2)
+        self.env = self.trial_env(config.num_envs, config.episodes_per_trial, config.seed + 2)
         if config.ppo.bptt_length is not None and self.trial_steps % config.ppo.bptt_length:
             raise ValueError(f"ppo.bptt_length {config.ppo.bptt_length} must divide the trial length {self.trial_steps}")
         obs_dim = int(self.env.single_observation_space.shape[0])
@@ -108,7 +108,9 @@ class RL2:
         self._eval_envs: dict[tuple[int, int], TrialEnv] = {}
         self.iteration = 0
 
-    def _trial_env(self, num_envs: int, episodes_per_trial: int, seed: int) -> TrialEnv:
+    def trial_env(self, num_envs: int, episodes_per_trial: int, seed: int) -> TrialEnv:
+        """``num_envs`` trials of ``episodes_per_trial`` episodes on this agent's family, with the observations
+        its policy reads (set their tasks with ``set_tasks``)."""
         env = TensorEnv(self.family, num_envs=num_envs, device=self.device, seed=seed, validate_actions=False)
         return TrialEnv(env, episodes_per_trial, time_horizon=self.trial_steps if self.config.time_feature else None)
 
@@ -155,7 +157,7 @@ class RL2:
         per_task = self.config.eval_envs_per_task
         key = (len(tasks), episodes)
         if key not in self._eval_envs:
-            self._eval_envs[key] = self._trial_env(len(tasks) * per_task, episodes, seed=0)
+            self._eval_envs[key] = self.trial_env(len(tasks) * per_task, episodes, seed=0)
         env = self._eval_envs[key]
         env.set_tasks(tasks.repeat_interleave(per_task))
         seeds = torch.randint(2**62, (2,), generator=generator).tolist()

@@ -88,6 +88,7 @@ class TrialEnv(TensorEnvView):
         else:
             self._num_actions = None
             action_low, action_high = action_space.low, action_space.high
+        self._ended_column = base.shape[0] + len(action_low) + 1  # [obs, action features, reward, ended(, elapsed)]
         low = [base.low, action_low, [-np.inf], [0.0]]
         high = [base.high, action_high, [np.inf], [1.0]]
         if time_horizon is not None:
@@ -116,6 +117,11 @@ class TrialEnv(TensorEnvView):
         no_action = torch.zeros(self.num_envs, width, device=self.device)
         zero = torch.zeros_like(self._trial_return)
         return trial_observation(obs, no_action, zero, zero.bool(), self.elapsed(self._trial_length))
+
+    def episode_ended(self, final_obs: torch.Tensor) -> torch.Tensor:
+        """Whether each step ended an episode of its trial, read from the steps' ``final_obs`` ``(..., obs_dim)``
+        (their ``obs`` clears the flag when a new trial begins). ``done`` marks only a trial's end."""
+        return final_obs[..., self._ended_column] > 0.5
 
     def elapsed(self, steps: torch.Tensor) -> torch.Tensor | None:
         """The time feature for ``steps`` taken in the trial (None without a time horizon)."""

@@ -42,10 +42,12 @@ import envs  # noqa: F401  (registers the built-in task families)
 from agents.ppo import PPOSettings
 from agents.reptile import linear_anneal
 from agents.rl2 import RL2, RL2Config
+from envs.navigation import Navigation2D
 from envs.reference_policies import reference_learners
 from metarl.checkpoint import load_checkpoint, save_checkpoint
 from metarl.evaluation import EvalConfig, evaluate, held_out_tasks, mean_ci, oracle_returns
 from metarl.machine import machine_info
+from metarl.rollout import collect, start
 from metarl.tasks import Tasks
 from metarl.validation import check_positive_int
 
@@ -252,6 +254,63 @@ def against_reference_policies(agent: RL2, setting: Setting, config: BenchConfig
     return rows
 
 
+STRAIGHT_TOLERANCE = 0.05
+"""Navigation2D: an episode went straight to the goal if, after as many steps as the straight path needs, it is
+within this distance of the goal (half of one step's reach; goals lie 0.38 from the start on average)."""
+
+
+def distance_after_straight_path(agent: RL2, tasks: Tasks, trials_per_task: int, deterministic: bool, seed: int) -> torch.Tensor:
+    """Navigation2D: the distance to the goal of each episode of a trial after as many steps as the straight path
+    needs (the oracle's, ``ceil(max_i |goal_i| / max step)``): about 0 when the episode goes straight to the goal.
+
+    Plays ``trials_per_task`` trials of each task with the engine's rollout; returns ``(episodes, tasks x trials)``.
+    """
+    if not isinstance(agent.family, Navigation2D):
+        raise TypeError(f"distance_after_straight_path needs Navigation2D, got {type(agent.family).__name__}")
+    episodes = agent.config.episodes_per_trial
+    env = agent.trial_env(len(tasks) * trials_per_task, episodes, seed=seed)
+    tasks = tasks.repeat_interleave(trials_per_task)
+    env.set_tasks(tasks)
+    params = {k: v.detach() for k, v in agent.policy.named_parameters()}
+    actions = torch.Generator(device=agent.device).manual_seed(seed)
+    traj, _ = collect(env, agent.policy, params, agent.trial_steps, start(env, agent.policy, seed=seed), actions, deterministic)
+    max_step = float(agent.family.action_space.high.min())
+    straight_steps = torch.ceil(tasks.goal.to(agent.device).abs().amax(-1) / max_step - 1e-6).clamp(min=1)
+    done = env.episode_ended(traj.final_obs)  # episode ends, not only trial ends
+    t = torch.arange(traj.num_steps, device=done.device).unsqueeze(1).expand_as(done)
+    begins = torch.cat([torch.ones_like(done[:1]), done[:-1]])
+    step_in_episode = t - torch.where(begins, t, 0).cummax(0).values
+    episode = done.long().cumsum(0) - done.long()
+    # The straight path's last step, or the episode's own if it ended sooner (within the goal's box).
+    at = (step_in_episode == straight_steps - 1) | (done & (step_in_episode < straight_steps - 1))
+    at = at.unsqueeze(0) & (episode == torch.arange(episodes, device=done.device).view(-1, 1, 1))
+    if not bool((at.sum(1) == 1).all()):  # a trial's episodes all end within its steps, so one step each
+        raise RuntimeError("expected one straight-path step per episode and trial")
+    return (at * -traj.rewards).sum(1).cpu()
+
+
+def straight_path_rows(learners: dict[str, tuple[RL2, bool]], tasks: Tasks) -> dict[str, dict[str, list[float]]]:
+    """Per learner ``(agent, mode actions?)`` and episode: the mean distance after the straight path's steps
+    (:func:`distance_after_straight_path`, 10 trials per task) and the fraction of trials within tolerance."""
+    rows: dict[str, dict[str, list[float]]] = {}
+    print(f"\ndistance to the goal after the straight path's steps (within {STRAIGHT_TOLERANCE}: went straight)")
+    for name, (learner, deterministic) in learners.items():
+        distance = distance_after_straight_path(learner, tasks, trials_per_task=10, deterministic=deterministic, seed=0)
+        means = [mean_ci(d, 0.95) for d in distance]
+        straight = (distance <= STRAIGHT_TOLERANCE).double().mean(1).tolist()
+        rows[name] = {
+            "mean": [m for m, _, _ in means],
+            "ci_half_width": [(high - low) / 2 for _, low, high in means],
+            "fraction_straight": straight,
+        }
+        cells = "   ".join(
+            f"episode {e + 1}: {m:.3f} ± {(h - lo) / 2:.3f} ({100 * f:.0f}% straight)"
+            for e, ((m, lo, h), f) in enumerate(zip(means, straight, strict=True))
+        )
+        print(f"  {name:16s} {cells}")
+    return rows
+
+
 def per_episode(agent: RL2, setting: Setting, config: BenchConfig) -> dict[str, dict[str, list[float]]]:
     """Return of each episode of a trial on the evaluator's held-out tasks: RL² (sampled and most likely actions),
     the untrained network, the oracle."""
@@ -267,6 +326,9 @@ def per_episode(agent: RL2, setting: Setting, config: BenchConfig) -> dict[str, 
     rows = {name: {"mean": curve.mean, "ci_low": curve.ci_low, "ci_high": curve.ci_high} for name, curve in result.curves.items()}
     if result.oracle is not None:
         rows["oracle"] = {"mean": [result.oracle.mean], "ci_low": [result.oracle.ci_low], "ci_high": [result.oracle.ci_high]}
+    if isinstance(agent.family, Navigation2D):
+        played = {"RL2": (agent, False), "RL2 (mode)": (agent, True), "untrained RL2": (learners["untrained RL2"], False)}
+        rows["straight_path"] = straight_path_rows(played, held_out_tasks(agent.family, eval_config))
     return rows
 
 

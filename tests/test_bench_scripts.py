@@ -15,6 +15,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import torch
 
 
 @pytest.fixture
@@ -51,6 +52,24 @@ def test_bench_rl2_scores_every_reference_policy_and_writes_json(bench_rl2: Modu
     # A 10-pull trial pays 0 or 1 per pull.
     assert all(0 <= row["mean"] <= 10 for row in bandit["results"].values())
     assert bandit["median_seconds_sampling"] > 0 and bandit["median_seconds_update"] > 0
+
+
+def test_straight_path_distance_follows_each_episode_of_a_trial(bench_rl2: ModuleType) -> None:
+    """A policy that always steps (+0.1, +0.1): for goals on that diagonal it goes straight (distance 0 after the
+    straight path's steps, in both episodes), for the others it ends a known distance away."""
+    from agents.rl2 import RL2, RL2Config
+    from envs.navigation import NavigationTasks
+
+    agent = RL2(RL2Config(env_id="metarl/Navigation2D-v0", episodes_per_trial=2, num_envs=4, hidden_size=4))
+    with torch.no_grad():
+        for parameter in agent.policy.parameters():
+            parameter.zero_()
+        agent.policy.actor.bias.fill_(1.0)  # clipped by the env to its 0.1 step
+    goals = torch.tensor([[0.3, 0.3], [0.2, 0.2], [0.3, 0.0], [-0.2, 0.45]])
+    distance = bench_rl2.distance_after_straight_path(agent, NavigationTasks(goal=goals), 2, deterministic=True, seed=0)
+    # Straight steps 3, 2, 3, 5: positions (0.3, 0.3), (0.2, 0.2), (0.3, 0.3), (0.5, 0.5); two trials per task.
+    expected = torch.tensor([0.0, 0.0, 0.3, (0.7**2 + 0.05**2) ** 0.5]).repeat_interleave(2)
+    torch.testing.assert_close(distance, expected.expand(2, -1), atol=1e-5, rtol=0)
 
 
 def test_bench_gpu_refuses_an_unknown_part_before_running_anything(tmp_path: Path) -> None:

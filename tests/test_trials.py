@@ -87,6 +87,21 @@ def test_time_feature_is_the_steps_taken_in_the_trial_over_the_horizon() -> None
     assert torch.equal(out.obs[:, :-1], torch.zeros(2, 6))  # the other features restart as without the time feature
 
 
+@pytest.mark.parametrize("time_horizon", [None, 8])
+def test_episode_ends_are_read_back_from_the_final_observations(time_horizon: int | None) -> None:
+    """Discrete (bandit, one-hot actions) and Box (Navigation2D) layouts; the trial's end is an episode end too."""
+    env = metarl.make_env("metarl/BernoulliBandit-v0", num_envs=1, num_arms=3, num_pulls=2, validate_actions=False)
+    bandit = TrialEnv(env, episodes_per_trial=2, time_horizon=time_horizon)
+    bandit.set_tasks(env.family.task_space.default())
+    bandit.reset(seed=0)
+    ended = [bool(bandit.episode_ended(bandit.step(torch.tensor([1])).final_obs)) for _ in range(5)]
+    assert ended == [False, True, False, True, False]
+    nav = nav_trials([(0.1, 0.1), (0.3, 0.4)], episodes=2)  # the first goal is reached in one step of (0.1, 0.1)
+    nav.reset(seed=0)
+    first, second = (nav.episode_ended(nav.step(torch.full((2, 2), 0.1)).final_obs) for _ in range(2))
+    assert first.tolist() == [True, False] and second.tolist() == [True, False]
+
+
 def test_bad_trial_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     env = metarl.make_env("metarl/Navigation2D-v0", num_envs=2)
     with pytest.raises(ValueError, match="episodes_per_trial must be a positive int, got 0"):

@@ -205,7 +205,7 @@ def test_rl2_classify_answers_from_the_memory_a_played_support_set_leaves(time_f
     settings = {k: v for k, v in TINY.items() if k != "env_kwargs"}
     agent = RL2(RL2Config(env_id="metarl/OmniglotBandit-v0", env_kwargs=kwargs, time_feature=time_feature, **settings))
     agent.meta_train_step()  # any weights do; one update moves them off their initial values
-    env = agent._trial_env(1, 1, seed=5)
+    env = agent.trial_env(1, 1, seed=5)
     env.set_tasks(agent.family.task_space.sample(1, generator=torch.Generator().manual_seed(0), split="test"))
     obs = env.reset(seed=5)
     hidden = agent.policy.initial_hidden(1, "cpu")
