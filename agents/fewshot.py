@@ -46,9 +46,10 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 import metarl
-from agents.reptile import linear_anneal, reptile_update
+from agents.reptile import reptile_update
 from metarl.env import TaskFamily
 from metarl.fewshot import EpisodeSource, FewShotEpisodes
+from metarl.schedules import linear_anneal
 from metarl.tasks import Tasks
 from metarl.validation import check_positive_int, is_int
 

@@ -42,6 +42,7 @@ from metarl.machine import synchronize
 from metarl.policies import MLPPolicy, init_parameters
 from metarl.returns import gae, next_values
 from metarl.rollout import Params, Trajectories, collect, first_episode_returns, start
+from metarl.schedules import linear_anneal
 from metarl.tasks import Tasks
 from metarl.validation import check_positive_int
 
@@ -115,13 +116,6 @@ class ReptileConfig:
     def meta_step_size(self, iteration: int) -> float:
         """ε at meta-iteration ``iteration`` (0-based)."""
         return linear_anneal(self.meta_lr, self.meta_lr_final, iteration, self.anneal_iterations)
-
-
-def linear_anneal(start: float, end: float, iteration: float, iterations: float) -> float:
-    """``start`` at iteration 0, linearly to ``end`` at ``iterations``, then ``end`` (Reptile's ε schedule; the
-    RL² benchmark's step size, with seconds for iterations)."""
-    done = min(iteration / iterations, 1.0)
-    return (1 - done) * start + done * end
 
 
 def reptile_direction(theta: Params, adapted: Params) -> Params:

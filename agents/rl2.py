@@ -30,6 +30,7 @@ from metarl.machine import synchronize
 from metarl.policies import GRUPolicy, init_parameters
 from metarl.returns import gae, next_values
 from metarl.rollout import collect, start
+from metarl.schedules import linear_anneal
 from metarl.tasks import Tasks
 from metarl.trials import TrialEnv, action_features, trial_observation
 from metarl.validation import check_positive_int
@@ -63,6 +64,10 @@ class RL2Config:
     trial's values stay of order one, e.g. 0.05 for 100-pull bandits; reported returns are unscaled."""
     ppo: PPOSettings = dataclasses.field(default_factory=PPOSettings)
     """PPO update settings (epochs, minibatches, clip, learning rate, BPTT length, ...)."""
+    lr_anneal_iterations: int | None = None
+    """Decay PPO's step size linearly from ``ppo.lr`` to zero over this many meta-iterations (CleanRL's
+    ``--anneal-lr``), e.g. the run's ``--iterations``; None keeps it constant. On 5-armed 100-pull bandits a
+    constant step size falls back in long runs (BENCHMARKS.md)."""
     eval_envs_per_task: int = 4
     """Trials per held-out task in ``adaptation_curve``."""
     eval_deterministic: bool = False
@@ -76,6 +81,8 @@ class RL2Config:
     def __post_init__(self) -> None:
         for name in ("episodes_per_trial", "num_envs", "hidden_size", "eval_envs_per_task"):
             check_positive_int(name, getattr(self, name))
+        if self.lr_anneal_iterations is not None:
+            check_positive_int("lr_anneal_iterations", self.lr_anneal_iterations)
         for name in ("gamma", "gae_lambda"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)!r}")
@@ -127,6 +134,9 @@ class RL2:
         sampled = time.perf_counter()
         nv = next_values(traj.values, traj.last_value, traj.terminated, traj.truncated, traj.final_values)
         advantages, returns = gae(traj.rewards * cfg.reward_scale, traj.values, nv, traj.done, cfg.gamma, cfg.gae_lambda)
+        if cfg.lr_anneal_iterations is not None:
+            for group in self.optimizer.param_groups:
+                group["lr"] = linear_anneal(cfg.ppo.lr, 0.0, self.iteration, cfg.lr_anneal_iterations)
         stats = ppo_update(self.policy, self.optimizer, traj, advantages, returns, cfg.ppo, self.minibatch_generator)
         self.iteration += 1
         trials = traj.episode_stats()

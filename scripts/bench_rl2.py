@@ -40,7 +40,6 @@ import tyro
 
 import envs  # noqa: F401  (registers the built-in task families)
 from agents.ppo import PPOSettings
-from agents.reptile import linear_anneal
 from agents.rl2 import RL2, RL2Config
 from envs.navigation import Navigation2D
 from envs.reference_policies import reference_learners
@@ -48,6 +47,7 @@ from metarl.checkpoint import load_checkpoint, save_checkpoint
 from metarl.evaluation import EvalConfig, evaluate, held_out_tasks, mean_ci, oracle_returns
 from metarl.machine import machine_info
 from metarl.rollout import collect, start
+from metarl.schedules import linear_anneal
 from metarl.tasks import Tasks
 from metarl.validation import check_positive_int
 

@@ -12,9 +12,10 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 import envs  # noqa: F401
 import metarl
 from agents.ppo import PPOSettings, ppo_update
-from agents.reptile import SB3PPO, Reptile, ReptileConfig, linear_anneal, reptile_update
+from agents.reptile import SB3PPO, Reptile, ReptileConfig, reptile_update
 from metarl.policies import MLPPolicy, init_parameters
 from metarl.rollout import collect, start
+from metarl.schedules import linear_anneal
 
 TINY = dict(meta_batch_size=2, envs_per_task=2, rollout_steps=16, inner_updates=2, hidden_sizes=(8,))
 TINY_PPO = PPOSettings(epochs=2, num_minibatches=2, lr=1e-2)

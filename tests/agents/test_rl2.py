@@ -70,6 +70,23 @@ def test_meta_train_step_runs_and_resumes_exactly(separate_critic: bool) -> None
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+def test_step_size_decays_linearly_to_zero_over_the_anneal_iterations_and_resumes() -> None:
+    config = RL2Config(**TINY, lr_anneal_iterations=4)
+    agent = RL2(config)
+    used = []
+    for _ in range(5):
+        agent.meta_train_step()
+        used.append(agent.optimizer.param_groups[0]["lr"])
+    lr = config.ppo.lr
+    assert used == pytest.approx([lr, 0.75 * lr, 0.5 * lr, 0.25 * lr, 0.0])
+    resumed = RL2(config)
+    resumed.load_state_dict(RL2(config).state_dict() | {"iteration": 2})
+    resumed.meta_train_step()
+    assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(0.5 * lr)
+    with pytest.raises(ValueError, match="lr_anneal_iterations"):
+        RL2Config(**TINY, lr_anneal_iterations=0)
+
+
 def test_time_feature_widens_the_input_and_checkpoints_must_agree_on_it() -> None:
     timed = RL2(RL2Config(**TINY, time_feature=True))
     plain = RL2(RL2Config(**TINY))
