@@ -168,8 +168,9 @@ class BenchConfig:
     """Save each setting's trained agent here as ``SETTING.pt`` before it is scored, so that a lost scoring can be
     re-run with --load-dir."""
     load_dir: Path | None = None
-    """Score the agents saved in this directory by --save-dir instead of training (--minutes is then unused; the
-    other flags must match the saved run's, or loading fails)."""
+    """Score the agents saved in this directory by --save-dir instead of training (--minutes is then unused). Give
+    the flags that shape the network as in the saved run (--hidden-size, --separate-critic, --time-feature):
+    loading refuses a mismatch."""
 
     def __post_init__(self) -> None:
         # Checked here, not after a setting's whole training budget.
@@ -276,14 +277,14 @@ def distance_after_straight_path(agent: RL2, tasks: Tasks, trials_per_task: int,
     traj, _ = collect(env, agent.policy, params, agent.trial_steps, start(env, agent.policy, seed=seed), actions, deterministic)
     max_step = float(agent.family.action_space.high.min())
     straight_steps = torch.ceil(tasks.goal.to(agent.device).abs().amax(-1) / max_step - 1e-6).clamp(min=1)
-    done = env.episode_ended(traj.final_obs)  # episode ends, not only trial ends
-    t = torch.arange(traj.num_steps, device=done.device).unsqueeze(1).expand_as(done)
-    begins = torch.cat([torch.ones_like(done[:1]), done[:-1]])
+    ended = env.episode_ended(traj.final_obs)  # episode ends, not only trial ends (traj.done)
+    t = torch.arange(traj.num_steps, device=ended.device).unsqueeze(1).expand_as(ended)
+    begins = torch.cat([torch.ones_like(ended[:1]), ended[:-1]])
     step_in_episode = t - torch.where(begins, t, 0).cummax(0).values
-    episode = done.long().cumsum(0) - done.long()
+    episode = ended.long().cumsum(0) - ended.long()
     # The straight path's last step, or the episode's own if it ended sooner (within the goal's box).
-    at = (step_in_episode == straight_steps - 1) | (done & (step_in_episode < straight_steps - 1))
-    at = at.unsqueeze(0) & (episode == torch.arange(episodes, device=done.device).view(-1, 1, 1))
+    at = (step_in_episode == straight_steps - 1) | (ended & (step_in_episode < straight_steps - 1))
+    at = at.unsqueeze(0) & (episode == torch.arange(episodes, device=ended.device).view(-1, 1, 1))
     if not bool((at.sum(1) == 1).all()):  # a trial's episodes all end within its steps, so one step each
         raise RuntimeError("expected one straight-path step per episode and trial")
     return (at * -traj.rewards).sum(1).cpu()
