@@ -142,6 +142,7 @@ class RL2:
         trials = traj.episode_stats()
         return {
             "trial_return": float(trials["episode_return"]),
+            "lr": self.optimizer.param_groups[0]["lr"],  # the step size this update used (see lr_anneal_iterations)
             **stats,
             "seconds_sampling": sampled - began,
             "seconds_update": time.perf_counter() - sampled,

@@ -75,8 +75,7 @@ def test_step_size_decays_linearly_to_zero_over_the_anneal_iterations_and_resume
     agent = RL2(config)
     used = []
     for _ in range(5):
-        agent.meta_train_step()
-        used.append(agent.optimizer.param_groups[0]["lr"])
+        used.append(agent.meta_train_step()["lr"])
     lr = config.ppo.lr
     assert used == pytest.approx([lr, 0.75 * lr, 0.5 * lr, 0.25 * lr, 0.0])
     resumed = RL2(config)
