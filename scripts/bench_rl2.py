@@ -322,14 +322,15 @@ def per_episode(agent: RL2, setting: Setting, config: BenchConfig) -> dict[str, 
         "untrained RL2": make_agent(setting, config, seed=config.seed + 10_000),
     }
     oracle = functools.partial(oracle_returns, agent.family, device=config.device)
-    result = evaluate(learners, held_out_tasks(agent.family, eval_config), eval_config, oracle=oracle, x_label="episode in trial")
+    tasks = held_out_tasks(agent.family, eval_config)
+    result = evaluate(learners, tasks, eval_config, oracle=oracle, x_label="episode in trial")
     print(result.table())
     rows = {name: {"mean": curve.mean, "ci_low": curve.ci_low, "ci_high": curve.ci_high} for name, curve in result.curves.items()}
     if result.oracle is not None:
         rows["oracle"] = {"mean": [result.oracle.mean], "ci_low": [result.oracle.ci_low], "ci_high": [result.oracle.ci_high]}
     if isinstance(agent.family, Navigation2D):
         played = {"RL2": (agent, False), "RL2 (mode)": (agent, True), "untrained RL2": (learners["untrained RL2"], False)}
-        rows["straight_path"] = straight_path_rows(played, held_out_tasks(agent.family, eval_config))
+        rows["straight_path"] = straight_path_rows(played, tasks)
     return rows
 
 
