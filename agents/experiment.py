@@ -24,11 +24,12 @@ from envs.omniglot import OmniglotBandit
 from envs.omniglot_data import OneShotScore, load_one_shot_runs, score_one_shot_runs
 from envs.reference_policies import reference_learners
 from metarl.agent import MetaLearner
-from metarl.checkpoint import latest_checkpoint, load_checkpoint
+from metarl.checkpoint import best_checkpoint_path, latest_checkpoint, load_checkpoint
 from metarl.evaluation import EvalConfig, EvalResult, evaluate, held_out_tasks, oracle_returns
 from metarl.logging import CometMode, RunLogger
 from metarl.tasks import Tasks
-from metarl.training import from_dict, meta_train, resume_agent
+from metarl.training import Validation, from_dict, meta_train, resume_agent
+from metarl.validation import check_positive_int
 
 AGENTS = {
     "maml": (MAMLConfig, MAML),
@@ -82,6 +83,10 @@ class TrainConfig:
     """Continue the run in this directory from its latest checkpoint (its config.json is used)."""
     checkpoint_every: int = 10
     """Checkpoint every this many meta-iterations (and at the end)."""
+    validate_every: int | None = None
+    """Score the agent every this many meta-iterations (and at the end) on ``eval.num_tasks`` tasks of the training
+    split, the same tasks each time, keep the best iterate as ``checkpoints/best.pt``, and evaluate that iterate on
+    the held-out tasks instead of the last one (default: no validation; the last iterate is evaluated)."""
     comet: CometMode = "auto"
     """Comet mode: online with an API key, otherwise offline into the run directory."""
     project: str = "metarl"
@@ -100,6 +105,8 @@ class TrainConfig:
             raise ValueError(f"pretrain_iterations must be non-negative, got {self.pretrain_iterations!r}")
         if self.checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be positive, got {self.checkpoint_every!r}")
+        if self.validate_every is not None:
+            check_positive_int("validate_every", self.validate_every)
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be positive, got {self.threads!r}")
 
@@ -130,6 +137,15 @@ def load_run_config(run_dir: Path) -> TrainConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class BestIterate:
+    """The iterate of a run that scored best on its validation tasks."""
+
+    checkpoint: Path
+    iteration: int
+    validation_score: float
+
+
+@dataclasses.dataclass(frozen=True)
 class RunOutcome:
     run_dir: Path
     result: EvalResult | None
@@ -137,6 +153,8 @@ class RunOutcome:
     comet_archive: Path | None
     one_shot: OneShotScore | None = None
     """Omniglot learners: error on Lake et al.'s 20 one-shot runs (where the data and a 20-way learner allow)."""
+    best: BestIterate | None = None
+    """With ``--validate-every``: the best-validated iterate, which the held-out evaluation scored."""
 
 
 def train(config: TrainConfig) -> RunOutcome:
@@ -163,7 +181,16 @@ def train(config: TrainConfig) -> RunOutcome:
             start_iteration=start,
             checkpoint_every=config.checkpoint_every,
             progress=config.progress,
+            validation=validation(agent, config),
         )
+        best, best_path = None, best_checkpoint_path(run_dir)
+        if config.validate_every is not None and best_path.is_file():
+            # Evaluate (and report) the best-validated iterate, not the last (0 iterations validate nothing).
+            state = load_checkpoint(best_path, map_location=config.agent.device)
+            agent.load_state_dict(state["agent"])
+            best = BestIterate(best_path, int(state["iteration"]), float(state["validation_score"]))
+            logger.log_metrics({"eval/best_iteration": best.iteration}, step=config.iterations)
+            logger.log_asset(best_path, "best.pt")
         result = evaluate_agent(agent, config, logger) if config.eval.num_tasks > 0 else None
         one_shot = one_shot_runs_error(agent) if isinstance(agent, (ProtoNet, FewShotMAML, RL2)) else None
         if one_shot is not None:
@@ -172,7 +199,36 @@ def train(config: TrainConfig) -> RunOutcome:
         checkpoint = latest_checkpoint(run_dir)
         if checkpoint is not None:
             logger.log_asset(checkpoint, "checkpoint.pt")
-    return RunOutcome(run_dir, result, checkpoint, logger.offline_archive, one_shot)
+    return RunOutcome(run_dir, result, checkpoint, logger.offline_archive, one_shot, best)
+
+
+def evaluation_protocol(agent: Agent, eval_config: EvalConfig) -> tuple[EvalConfig, str, str]:
+    """The evaluation protocol as it applies to ``agent``, with the curve's x and y labels.
+
+    RL² is scored per episode of a trial as trained; few-shot learners on at least
+    :data:`FEW_SHOT_EVAL_TASKS` tasks; the others as configured.
+    """
+    x_label, y_label = "gradient steps", "mean episode return"
+    if isinstance(agent, RL2):
+        eval_config = dataclasses.replace(eval_config, num_steps=agent.config.episodes_per_trial - 1)
+        x_label = "episode in trial"
+    elif isinstance(agent, Reptile):
+        x_label = "PPO updates"
+    elif isinstance(agent, FewShotLearner):
+        eval_config = dataclasses.replace(eval_config, num_tasks=max(eval_config.num_tasks, FEW_SHOT_EVAL_TASKS))
+        x_label = "gradient steps on the support set" if isinstance(agent, FewShotMAML) else "support set seen"
+        y_label = "query accuracy"
+    return eval_config, x_label, y_label
+
+
+def validation(agent: Agent, config: TrainConfig) -> Validation | None:
+    """``--validate-every``'s :class:`Validation`: the evaluation protocol's task count and adaptation budget on
+    tasks of the training split (drawn with the protocol's task seed), or ``None`` without it."""
+    if config.validate_every is None:
+        return None
+    eval_config, _, _ = evaluation_protocol(agent, config.eval)
+    tasks = held_out_tasks(agent.family, dataclasses.replace(eval_config, split="train"))
+    return Validation(tasks, eval_config.num_steps, config.validate_every, seed=eval_config.seeds[0])
 
 
 def evaluate_agent(agent: Agent, config: TrainConfig, logger: RunLogger, tasks: Tasks | None = None) -> EvalResult:
@@ -186,16 +242,7 @@ def evaluate_agent(agent: Agent, config: TrainConfig, logger: RunLogger, tasks: 
     the reference policies. The oracle is drawn where the family defines one.
     ``tasks``: the held-out tasks (default: sampled by the evaluation protocol).
     """
-    eval_config, x_label, y_label = config.eval, "gradient steps", "mean episode return"
-    if isinstance(agent, RL2):
-        eval_config = dataclasses.replace(eval_config, num_steps=agent.config.episodes_per_trial - 1)
-        x_label = "episode in trial"
-    elif isinstance(agent, Reptile):
-        x_label = "PPO updates"
-    elif isinstance(agent, FewShotLearner):
-        eval_config = dataclasses.replace(eval_config, num_tasks=max(eval_config.num_tasks, FEW_SHOT_EVAL_TASKS))
-        x_label = "gradient steps on the support set" if isinstance(agent, FewShotMAML) else "support set seen"
-        y_label = "query accuracy"
+    eval_config, x_label, y_label = evaluation_protocol(agent, config.eval)
     tasks = tasks if tasks is not None else held_out_tasks(agent.family, eval_config)
     learners: dict[str, MetaLearner] = {config.agent_name.upper(): agent}
     if config.baselines:

@@ -8,14 +8,16 @@ moment leaves either the old file or the new one, never half of one.
 
 Run directories keep their checkpoints in ``run_dir/checkpoints/``::
 
-    iter_000100.pt  iter_000110.pt  iter_000120.pt  last.pt
+    iter_000100.pt  iter_000110.pt  iter_000120.pt  last.pt  best.pt
 
 :func:`save_run_checkpoint` writes ``iter_<step>.pt``, points ``last.pt`` at it
 (a hard link where the filesystem allows, else a copy) and deletes all but the
 newest ``keep`` iteration files. :func:`latest_checkpoint` trusts only the
 ``iter_*`` names (``last.pt`` is a convenience for people and evaluation
 scripts), so a crash between those steps never makes a run resume from a stale
-file.
+file. ``best.pt``, written only when meta-training validates
+(:class:`metarl.training.Validation`), holds the iterate that scored best on
+the validation tasks so far.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from metarl.files import _TMP_SUFFIX, atomic_write
 
 CHECKPOINT_DIR = "checkpoints"
 LAST_NAME = "last.pt"
+BEST_NAME = "best.pt"
 _ITER_RE = re.compile(r"^iter_(\d+)\.pt$")
 
 
@@ -80,6 +83,11 @@ def list_checkpoints(run_dir: str | os.PathLike[str]) -> list[tuple[int, Path]]:
         return []
     found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _ITER_RE.match(p.name)) and p.is_file()]
     return sorted(found)
+
+
+def best_checkpoint_path(run_dir: str | os.PathLike[str]) -> Path:
+    """``run_dir/checkpoints/best.pt``: the best-validated iterate (it may not exist)."""
+    return checkpoint_dir(run_dir) / BEST_NAME
 
 
 def latest_checkpoint(run_dir: str | os.PathLike[str]) -> Path | None:

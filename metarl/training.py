@@ -1,8 +1,9 @@
-"""The meta-training loop every agent shares: iterate, log, checkpoint, resume."""
+"""The meta-training loop every agent shares: iterate, log, checkpoint, validate, resume."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 import types
 import typing
@@ -10,15 +11,61 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+import torch
 from tqdm.auto import tqdm
 
 from metarl.agent import MetaLearner
-from metarl.checkpoint import latest_checkpoint, load_checkpoint, save_run_checkpoint
+from metarl.checkpoint import best_checkpoint_path, latest_checkpoint, load_checkpoint, save_checkpoint, save_run_checkpoint
 from metarl.logging import RunLogger
+from metarl.tasks import Tasks
+from metarl.validation import check_positive_int, is_int
 
 T = TypeVar("T")
 
 _SHOWN = ("return_before_adaptation", "return_after_adaptation", "kl")  # progress-bar metrics, when present
+VALIDATION_METRIC = "validation/return"
+"""The metric :func:`meta_train` logs each validation's score under."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Validation:
+    """Score the agent on fixed tasks every ``every`` meta-iterations, to keep its best iterate.
+
+    The score is the mean return after the whole adaptation budget (the last
+    point of ``adaptation_curve(tasks, num_steps, ...)``), under the same
+    rollout seed every time, so that the scores of two iterates differ only by
+    the agent. Draw ``tasks`` from the training split, so that choosing an
+    iterate never looks at held-out tasks. Long runs can get worse late (e.g.
+    RL² on Navigation2D, BENCHMARKS.md); the best iterate guards against that.
+    """
+
+    tasks: Tasks
+    num_steps: int
+    every: int
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_positive_int("every", self.every)
+        if not is_int(self.num_steps) or self.num_steps < 0:
+            raise ValueError(f"num_steps must be a non-negative int, got {self.num_steps!r}")
+
+    def score(self, agent: MetaLearner) -> float:
+        """The agent's mean return after ``num_steps`` adaptation steps on the validation tasks."""
+        curve = agent.adaptation_curve(self.tasks, self.num_steps, torch.Generator().manual_seed(self.seed))
+        return float(curve[-1].mean())
+
+
+def keep_if_best(agent: MetaLearner, validation: Validation, iteration: int, path: Path) -> float:
+    """Score ``agent`` on ``validation``; save it to ``path`` (with ``iteration`` and the score) if no checkpoint is
+    there yet or the score beats the one saved there. Returns the score.
+
+    The best score lives in the file, so a resumed run competes with its earlier iterates.
+    """
+    score = validation.score(agent)
+    best = float(load_checkpoint(path)["validation_score"]) if path.is_file() else None
+    if math.isfinite(score) and (best is None or score > best):  # a diverged (NaN) iterate is never kept
+        save_checkpoint(path, {"agent": agent.state_dict(), "iteration": iteration, "validation_score": score})
+    return score
 
 
 def meta_train(
@@ -32,12 +79,17 @@ def meta_train(
     description: str = "meta-training",
     metric_prefix: str = "",
     checkpoint: bool = True,
+    validation: Validation | None = None,
 ) -> None:
     """Run ``agent.meta_train_step`` from ``start_iteration`` to ``iterations``.
 
     Every iteration's metrics (plus its wall-clock seconds) go to ``logger``
     at step = iterations done; every ``checkpoint_every`` iterations and at the
     end, the agent's state is checkpointed atomically into the run directory.
+    With ``validation``, every ``validation.every`` iterations and at the end
+    the agent is scored (logged as ``validation/return``), and an iterate that
+    beats every earlier score, a resumed run's included, is saved as
+    ``checkpoints/best.pt`` with its iteration and score (:func:`keep_if_best`).
     """
     if iterations < 0 or start_iteration < 0:
         raise ValueError(f"iterations and start_iteration must be non-negative, got {iterations}, {start_iteration}")
@@ -49,6 +101,8 @@ def meta_train(
             began = time.perf_counter()
             metrics = dict(agent.meta_train_step())
             metrics["seconds_per_iteration"] = time.perf_counter() - began
+            if validation is not None and (iteration % validation.every == 0 or iteration == iterations):
+                metrics[VALIDATION_METRIC] = keep_if_best(agent, validation, iteration, best_checkpoint_path(logger.run_dir))
             logger.log_metrics({f"{metric_prefix}{k}": v for k, v in metrics.items()}, step=iteration)
             bar.set_postfix({k: f"{metrics[k]:.3g}" for k in _SHOWN if k in metrics}, refresh=False)
             bar.update()

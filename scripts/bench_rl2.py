@@ -49,6 +49,7 @@ from metarl.machine import machine_info
 from metarl.rollout import collect, start
 from metarl.schedules import linear_anneal
 from metarl.tasks import Tasks
+from metarl.training import Validation, keep_if_best
 from metarl.validation import check_positive_int
 
 SettingName = Literal["bandit-k5-n10", "bandit-k10-n100", "bandit-k5-n100", "mdp-10x5", "navigation2d", "pendulum"]
@@ -167,6 +168,12 @@ class BenchConfig:
     save_dir: Path | None = None
     """Save each setting's trained agent here as ``SETTING.pt`` before it is scored, so that a lost scoring can be
     re-run with --load-dir."""
+    snapshot_every: int | None = None
+    """With --save-dir: also save the agent every this many meta-iterations, as ``SETTING/iter_NNNNN.pt``."""
+    validate_every: int | None = None
+    """With --save-dir: score the agent every this many meta-iterations (and at the end) on --num-tasks tasks of
+    the training split (metarl.training.Validation) and keep the best iterate as ``SETTING-best.pt``; both it and
+    the last iterate are then scored on the held-out tasks (rows "RL2 (best iterate)")."""
     load_dir: Path | None = None
     """Score the agents saved in this directory by --save-dir instead of training (--minutes is then unused). Give
     the flags that shape the network as in the saved run (--hidden-size, --separate-critic, --time-feature):
@@ -178,6 +185,12 @@ class BenchConfig:
             raise ValueError(f"minutes must be positive, got {self.minutes!r}")
         for name in ("hidden_size", "num_tasks", "trials_per_task"):
             check_positive_int(name, getattr(self, name))
+        for name in ("snapshot_every", "validate_every"):
+            every = getattr(self, name)
+            if every is not None:
+                check_positive_int(name, every)
+                if self.save_dir is None:
+                    raise ValueError(f"{name}={every!r} needs --save-dir")
         if not 0 <= self.anneal_lr_start < 1:
             raise ValueError(f"anneal_lr_start must be in [0, 1), got {self.anneal_lr_start!r}")
         if self.anneal_lr_start > 0 and not self.anneal_lr:
@@ -229,14 +242,22 @@ class ModeActions:
         return self.agent.adaptation_curve(tasks, num_steps, generator, deterministic=True)
 
 
-def against_reference_policies(agent: RL2, setting: Setting, config: BenchConfig) -> dict[str, dict[str, float]]:
-    """Total reward per trial on ``config.num_tasks`` held-out tasks: RL² (sampled and most likely actions) and
-    the reference policies."""
-    tasks = agent.family.task_space.sample(config.num_tasks, generator=torch.Generator().manual_seed(12345), split="test")
+def with_mode_actions(agents: dict[str, RL2]) -> dict[str, RL2 | ModeActions]:
+    """Each RL² agent, scored with sampled actions under its name and with its most likely ones as "NAME (mode)"."""
+    learners: dict[str, RL2 | ModeActions] = {}
+    for name, agent in agents.items():
+        learners[name], learners[f"{name} (mode)"] = agent, ModeActions(agent)
+    return learners
+
+
+def against_reference_policies(agents: dict[str, RL2], setting: Setting, config: BenchConfig) -> dict[str, dict[str, float]]:
+    """Total reward per trial on ``config.num_tasks`` held-out tasks: each RL² agent (sampled and most likely
+    actions) and the reference policies."""
+    family = next(iter(agents.values())).family
+    tasks = family.task_space.sample(config.num_tasks, generator=torch.Generator().manual_seed(12345), split="test")
     learners = {
-        "RL2": agent,
-        "RL2 (mode)": ModeActions(agent),
-        **reference_learners(agent.family, trials_per_task=config.trials_per_task, device=config.device),
+        **with_mode_actions(agents),
+        **reference_learners(family, trials_per_task=config.trials_per_task, device=config.device),
     }
     rows: dict[str, dict[str, float]] = {}
     for learner_name, learner in learners.items():
@@ -251,7 +272,7 @@ def against_reference_policies(agent: RL2, setting: Setting, config: BenchConfig
             if reference
             else ""
         )
-        print(f"  {learner_name:22s} {row['mean']:8.2f} ± {row['ci_half_width']:.2f}{gap}")
+        print(f"  {learner_name:30s} {row['mean']:8.2f} ± {row['ci_half_width']:.2f}{gap}")
     return rows
 
 
@@ -308,29 +329,29 @@ def straight_path_rows(learners: dict[str, tuple[RL2, bool]], tasks: Tasks) -> d
             f"episode {e + 1}: {m:.3f} ± {(h - lo) / 2:.3f} ({100 * f:.0f}% straight)"
             for e, ((m, lo, h), f) in enumerate(zip(means, straight, strict=True))
         )
-        print(f"  {name:16s} {cells}")
+        print(f"  {name:30s} {cells}")
     return rows
 
 
-def per_episode(agent: RL2, setting: Setting, config: BenchConfig) -> dict[str, dict[str, list[float]]]:
-    """Return of each episode of a trial on the evaluator's held-out tasks: RL² (sampled and most likely actions),
-    the untrained network, the oracle."""
+def per_episode(agents: dict[str, RL2], setting: Setting, config: BenchConfig) -> dict[str, dict[str, list[float]]]:
+    """Return of each episode of a trial on the evaluator's held-out tasks: each RL² agent (sampled and most likely
+    actions), the untrained network, the oracle."""
     eval_config = EvalConfig(num_steps=setting.episodes_per_trial - 1)
-    learners = {
-        "RL2": agent,
-        "RL2 (mode)": ModeActions(agent),
-        "untrained RL2": make_agent(setting, config, seed=config.seed + 10_000),
-    }
-    oracle = functools.partial(oracle_returns, agent.family, device=config.device)
-    tasks = held_out_tasks(agent.family, eval_config)
+    untrained = make_agent(setting, config, seed=config.seed + 10_000)
+    learners = {**with_mode_actions(agents), "untrained RL2": untrained}
+    family = untrained.family
+    oracle = functools.partial(oracle_returns, family, device=config.device)
+    tasks = held_out_tasks(family, eval_config)
     result = evaluate(learners, tasks, eval_config, oracle=oracle, x_label="episode in trial")
     print(result.table())
     rows = {name: {"mean": curve.mean, "ci_low": curve.ci_low, "ci_high": curve.ci_high} for name, curve in result.curves.items()}
     if result.oracle is not None:
         rows["oracle"] = {"mean": [result.oracle.mean], "ci_low": [result.oracle.ci_low], "ci_high": [result.oracle.ci_high]}
-    if isinstance(agent.family, Navigation2D):
-        played = {"RL2": (agent, False), "RL2 (mode)": (agent, True), "untrained RL2": (learners["untrained RL2"], False)}
-        rows["straight_path"] = straight_path_rows(played, tasks)
+    if isinstance(family, Navigation2D):
+        played: dict[str, tuple[RL2, bool]] = {}
+        for name, agent in agents.items():
+            played[name], played[f"{name} (mode)"] = (agent, False), (agent, True)
+        rows["straight_path"] = straight_path_rows({**played, "untrained RL2": (untrained, False)}, tasks)
     return rows
 
 
@@ -341,6 +362,35 @@ def annealed_lr(lr: float, elapsed: float, budget: float, start: float) -> float
     return linear_anneal(lr, 0.0, max(elapsed - held, 0.0), budget - held)
 
 
+VALIDATION_TASK_SEED = 54321
+"""Seed of the generator that draws --validate-every's tasks (from the training split)."""
+
+
+def validation_for(agent: RL2, setting: Setting, num_tasks: int, every: int) -> Validation:
+    """--validate-every's validation: the return of the trial's last episode (the whole trial's for bandits) on
+    ``num_tasks`` tasks of the training split, as many trials each as the agent's ``eval_envs_per_task``."""
+    generator = torch.Generator().manual_seed(VALIDATION_TASK_SEED)
+    tasks = agent.family.task_space.sample(num_tasks, generator=generator, split="train")
+    return Validation(tasks, setting.episodes_per_trial - 1, every)
+
+
+def with_best_iterate(
+    agent: RL2, setting: Setting, config: BenchConfig, best_path: Path | None
+) -> tuple[dict[str, RL2], dict[str, object]]:
+    """The agents to score: the last iterate as "RL2", and the best-validated one saved at ``best_path`` (when
+    there is one) as "RL2 (best iterate)"; plus that iterate's number and validation score for the report."""
+    if best_path is None or not best_path.is_file():
+        return {"RL2": agent}, {}
+    state = load_checkpoint(best_path, map_location=agent.device)
+    best = make_agent(setting, config, config.seed)
+    best.load_state_dict(state["agent"])
+    print(f"{setting.env_id}: best iterate {state['iteration']} (validation score {state['validation_score']:.3f})")
+    return {"RL2": agent, "RL2 (best iterate)": best}, {
+        "best_iteration": int(state["iteration"]),
+        "best_validation_score": float(state["validation_score"]),
+    }
+
+
 def run_setting(name: str, config: BenchConfig) -> dict[str, object]:
     setting = SETTINGS[name]
     agent = make_agent(setting, config, config.seed)
@@ -348,7 +398,20 @@ def run_setting(name: str, config: BenchConfig) -> dict[str, object]:
     if config.load_dir is not None:
         agent.load_state_dict(load_checkpoint(config.load_dir / f"{name}.pt", map_location=agent.device))
         print(f"\n{name}: scoring the agent saved after {agent.iteration} meta-iterations in {config.load_dir}")
-        return {"iterations": agent.iteration, "loaded_from": str(config.load_dir), "results": score(agent, setting, config)}
+        agents, best = with_best_iterate(agent, setting, config, config.load_dir / f"{name}-best.pt")
+        results = score(agents, setting, config)
+        return {"iterations": agent.iteration, "loaded_from": str(config.load_dir), **best, "results": results}
+    validation, best_path = None, None
+    if config.validate_every is not None and config.save_dir is not None:  # (__post_init__ requires both together)
+        validation = validation_for(agent, setting, config.num_tasks, config.validate_every)
+        best_path = config.save_dir / f"{name}-best.pt"
+        best_path.unlink(missing_ok=True)  # an earlier run's best is not this run's
+    validation_scores: list[tuple[int, float]] = []
+
+    def validate(validation: Validation, best_path: Path) -> None:
+        validation_scores.append((iterations, keep_if_best(agent, validation, iterations, best_path)))
+        print(f"  iteration {iterations:5d}: validation score {validation_scores[-1][1]:9.3f}", flush=True)
+
     began, iterations, budget = time.perf_counter(), 0, config.minutes * 60
     phases: dict[str, list[float]] = {"seconds_sampling": [], "seconds_update": []}
     while iterations == 0 or time.perf_counter() - began < budget:  # at least one iteration
@@ -357,6 +420,10 @@ def run_setting(name: str, config: BenchConfig) -> dict[str, object]:
                 group["lr"] = annealed_lr(agent.config.ppo.lr, time.perf_counter() - began, budget, config.anneal_lr_start)
         metrics = agent.meta_train_step()
         iterations += 1
+        if config.snapshot_every is not None and config.save_dir is not None and iterations % config.snapshot_every == 0:
+            save_checkpoint(config.save_dir / name / f"iter_{iterations:05d}.pt", agent.state_dict())
+        if validation is not None and iterations % validation.every == 0:
+            validate(validation, best_path)
         for key, seconds in phases.items():
             seconds.append(metrics[key])
         if iterations % 50 == 0:  # the training curve, for runs that are watched
@@ -372,15 +439,20 @@ def run_setting(name: str, config: BenchConfig) -> dict[str, object]:
         f"median seconds per meta-iteration: sampling {medians['seconds_sampling']:.3f}, update {medians['seconds_update']:.3f}; "
         f"last training trial return {metrics['trial_return']:.2f}"
     )
+    if validation is not None and iterations % validation.every != 0:  # the last iterate is a candidate too
+        validate(validation, best_path)
     if config.save_dir is not None:
         config.save_dir.mkdir(parents=True, exist_ok=True)
         save_checkpoint(config.save_dir / f"{name}.pt", agent.state_dict())
+    agents, best = with_best_iterate(agent, setting, config, best_path)
     return {
         "iterations": iterations,
         "minutes": minutes,
         **{f"median_{key}": value for key, value in medians.items()},
         "hyperparameters": used,
-        "results": score(agent, setting, config),
+        "validation_scores": validation_scores,
+        **best,
+        "results": score(agents, setting, config),
     }
 
 

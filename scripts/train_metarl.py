@@ -60,6 +60,10 @@ def report(outcome: RunOutcome) -> str:
     lines.append(f"  metrics:         {run / 'metrics.jsonl'}")
     if outcome.checkpoint is not None:
         lines.append(f"  checkpoint:      {outcome.checkpoint}")
+    if outcome.best is not None:
+        best = outcome.best
+        about = f"iteration {best.iteration}, validation score {best.validation_score:.4g}; the one evaluated above"
+        lines.append(f"  best iterate:    {best.checkpoint}  ({about})")
     if outcome.comet_archive is not None:
         lines.append(f"  Comet (offline): {outcome.comet_archive}  (upload: comet upload {outcome.comet_archive})")
     return "\n".join(lines)

@@ -54,6 +54,28 @@ def test_bench_rl2_scores_every_reference_policy_and_writes_json(bench_rl2: Modu
     assert bandit["median_seconds_sampling"] > 0 and bandit["median_seconds_update"] > 0
 
 
+def test_bench_rl2_validates_and_scores_the_best_iterate_beside_the_last(bench_rl2: ModuleType, tmp_path: Path) -> None:
+    config = bench_rl2.BenchConfig(
+        settings=("bandit-k5-n10",),
+        minutes=1e-4,
+        num_envs=8,
+        hidden_size=8,
+        num_tasks=6,
+        trials_per_task=1,
+        threads=1,
+        save_dir=tmp_path / "agents",
+        validate_every=1,
+    )
+    report = bench_rl2.main(config)["settings"]["bandit-k5-n10"]
+    assert [step for step, _ in report["validation_scores"]] == [1]
+    assert report["best_iteration"] == 1 and report["best_validation_score"] == report["validation_scores"][0][1]
+    assert {"RL2", "RL2 (mode)", "RL2 (best iterate)", "RL2 (best iterate) (mode)", "Gittins"} <= report["results"].keys()
+    # After one iteration the best iterate is the last one.
+    assert report["results"]["RL2 (best iterate)"] == report["results"]["RL2"]
+    rescored = bench_rl2.main(dataclasses.replace(config, save_dir=None, validate_every=None, load_dir=tmp_path / "agents"))
+    assert rescored["settings"]["bandit-k5-n10"]["results"] == report["results"]
+
+
 def test_straight_path_distance_follows_each_episode_of_a_trial(bench_rl2: ModuleType) -> None:
     """A policy that always steps (+0.1, +0.1): for goals on that diagonal it goes straight (distance 0 after the
     straight path's steps, in both episodes), for the others it ends a known distance away."""
@@ -97,6 +119,9 @@ def test_bench_rl2_flags_override_the_settings_own_hyperparameters(bench_rl2: Mo
         ({"anneal_lr_start": -0.1}, "anneal_lr_start"),
         ({"anneal_lr_start": 0.5}, "has no effect without --anneal-lr"),
         ({"load_dir": Path("no-such-dir")}, r"no saved agent for \['bandit-k5-n10'"),
+        ({"validate_every": 5}, "validate_every=5 needs --save-dir"),
+        ({"validate_every": 0, "save_dir": Path("agents")}, "validate_every must be a positive int, got 0"),
+        ({"snapshot_every": 10}, "snapshot_every=10 needs --save-dir"),
     ],
 )
 def test_bench_rl2_refuses_bad_flags_before_training(bench_rl2: ModuleType, flags: dict, named: str) -> None:

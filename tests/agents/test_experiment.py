@@ -17,7 +17,7 @@ import torch
 
 import envs  # noqa: F401
 import metarl
-from agents.experiment import TrainConfig, load_run_config, make_agent, train
+from agents.experiment import TrainConfig, evaluate_run, load_run_config, make_agent, train
 from agents.maml import MAMLConfig
 from metarl.checkpoint import latest_checkpoint, load_checkpoint
 from metarl.evaluation import EvalConfig
@@ -137,6 +137,28 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path: Path) -> None:
         if "return_after_adaptation" in line
     ]
     assert steps == list(range(1, 13)), "a resumed run keeps every metric once"
+
+
+def test_validated_run_evaluates_its_best_iterate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, load_script) -> None:
+    """--validate-every: the held-out evaluation scores best.pt, here the iterate of step 2 (scripted scores)."""
+    from metarl.training import Validation
+
+    scores = iter([1.0, 0.0])  # validations at iterations 2 and 4: the earlier one is best
+    monkeypatch.setattr(Validation, "score", lambda self, agent: next(scores))
+    run = tmp_path / "run"
+    outcome = train(tiny_config(run, iterations=4, validate_every=2, baselines=False))
+    assert outcome.best is not None and (outcome.best.iteration, outcome.best.validation_score) == (2, 1.0)
+    assert outcome.best.checkpoint == run / "checkpoints" / "best.pt"
+    assert load_checkpoint(outcome.checkpoint)["iteration"] == 4  # the last iterate is still there to resume from
+    assert "best iterate:" in load_script("train_metarl").report(outcome)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["validation/return"]) for r in rows if "validation/return" in r] == [(2, 1.0), (4, 0.0)]
+    assert any(r.get("eval/best_iteration") == 2 for r in rows)
+    evaluated = outcome.result.curves["MAML"].mean
+    assert evaluate_run(run, checkpoint=run / "checkpoints" / "best.pt").curves["MAML"].mean == evaluated
+    assert evaluate_run(run, checkpoint=outcome.checkpoint).curves["MAML"].mean != evaluated
+    with pytest.raises(ValueError, match="validate_every must be a positive int, got 0"):
+        tiny_config(run, validate_every=0)
 
 
 def test_config_file_then_flags(tmp_path: Path, load_script) -> None:
