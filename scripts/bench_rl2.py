@@ -171,9 +171,11 @@ class BenchConfig:
     snapshot_every: int | None = None
     """With --save-dir: also save the agent every this many meta-iterations, as ``SETTING/iter_NNNNN.pt``."""
     validate_every: int | None = None
-    """With --save-dir: score the agent every this many meta-iterations (and at the end) on --num-tasks tasks of
-    the training split (metarl.training.Validation) and keep the best iterate as ``SETTING-best.pt``; both it and
-    the last iterate are then scored on the held-out tasks (rows "RL2 (best iterate)")."""
+    """With --save-dir: score the agent every this many meta-iterations (and at the end) on --validation-tasks tasks
+    of the training split (metarl.training.Validation) and keep the best iterate as ``SETTING-best.pt``; both it
+    and the last iterate are then scored on the held-out tasks (rows "RL2 (best iterate)")."""
+    validation_tasks: int = 1000
+    """Tasks of the training split that --validate-every scores, --trials-per-task trials each."""
     load_dir: Path | None = None
     """Score the agents saved in this directory by --save-dir instead of training (--minutes is then unused). Give
     the flags that shape the network as in the saved run (--hidden-size, --separate-critic, --time-feature):
@@ -183,7 +185,7 @@ class BenchConfig:
         # Checked here, not after a setting's whole training budget.
         if not self.minutes > 0:
             raise ValueError(f"minutes must be positive, got {self.minutes!r}")
-        for name in ("hidden_size", "num_tasks", "trials_per_task"):
+        for name in ("hidden_size", "num_tasks", "trials_per_task", "validation_tasks"):
             check_positive_int(name, getattr(self, name))
         for name in ("snapshot_every", "validate_every"):
             every = getattr(self, name)
@@ -403,7 +405,7 @@ def run_setting(name: str, config: BenchConfig) -> dict[str, object]:
         return {"iterations": agent.iteration, "loaded_from": str(config.load_dir), **best, "results": results}
     validation, best_path = None, None
     if config.validate_every is not None and config.save_dir is not None:  # (__post_init__ requires both together)
-        validation = validation_for(agent, setting, config.num_tasks, config.validate_every)
+        validation = validation_for(agent, setting, config.validation_tasks, config.validate_every)
         best_path = config.save_dir / f"{name}-best.pt"
         best_path.unlink(missing_ok=True)  # an earlier run's best is not this run's
     validation_scores: list[tuple[int, float]] = []

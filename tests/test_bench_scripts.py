@@ -65,6 +65,7 @@ def test_bench_rl2_validates_and_scores_the_best_iterate_beside_the_last(bench_r
         threads=1,
         save_dir=tmp_path / "agents",
         validate_every=1,
+        validation_tasks=5,
     )
     report = bench_rl2.main(config)["settings"]["bandit-k5-n10"]
     assert [step for step, _ in report["validation_scores"]] == [1]
@@ -122,6 +123,7 @@ def test_bench_rl2_flags_override_the_settings_own_hyperparameters(bench_rl2: Mo
         ({"validate_every": 5}, "validate_every=5 needs --save-dir"),
         ({"validate_every": 0, "save_dir": Path("agents")}, "validate_every must be a positive int, got 0"),
         ({"snapshot_every": 10}, "snapshot_every=10 needs --save-dir"),
+        ({"validation_tasks": 0}, "validation_tasks must be a positive int, got 0"),
     ],
 )
 def test_bench_rl2_refuses_bad_flags_before_training(bench_rl2: ModuleType, flags: dict, named: str) -> None:
