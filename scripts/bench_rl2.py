@@ -33,7 +33,7 @@ import json
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 import tyro
@@ -283,11 +283,23 @@ STRAIGHT_TOLERANCE = 0.05
 within this distance of the goal (half of one step's reach; goals lie 0.38 from the start on average)."""
 
 
-def distance_after_straight_path(agent: RL2, tasks: Tasks, trials_per_task: int, deterministic: bool, seed: int) -> torch.Tensor:
-    """Navigation2D: the distance to the goal of each episode of a trial after as many steps as the straight path
-    needs (the oracle's, ``ceil(max_i |goal_i| / max step)``): about 0 when the episode goes straight to the goal.
+class StraightPath(NamedTuple):
+    """:func:`distance_after_straight_path`'s measures, each ``(episodes, tasks x trials)``."""
 
-    Plays ``trials_per_task`` trials of each task with the engine's rollout; returns ``(episodes, tasks x trials)``.
+    distance: torch.Tensor
+    """Distance to the goal after as many steps as the straight path needs."""
+    steps: torch.Tensor
+    """The episode's length: below the family's step limit where it ended inside the goal's box."""
+    straight_steps: torch.Tensor
+    """The straight path's steps (the same for every episode of a trial)."""
+
+
+def distance_after_straight_path(agent: RL2, tasks: Tasks, trials_per_task: int, deterministic: bool, seed: int) -> StraightPath:
+    """Navigation2D: the distance to the goal of each episode of a trial after as many steps as the straight path
+    needs (the oracle's, ``ceil(max_i |goal_i| / max step)``): about 0 when the episode goes straight to the goal;
+    and the episode's length, to set beside those steps.
+
+    Plays ``trials_per_task`` trials of each task with the engine's rollout.
     """
     if not isinstance(agent.family, Navigation2D):
         raise TypeError(f"distance_after_straight_path needs Navigation2D, got {type(agent.family).__name__}")
@@ -310,25 +322,38 @@ def distance_after_straight_path(agent: RL2, tasks: Tasks, trials_per_task: int,
     at = at.unsqueeze(0) & (episode == torch.arange(episodes, device=ended.device).view(-1, 1, 1))
     if not bool((at.sum(1) == 1).all()):  # a trial's episodes all end within its steps, so one step each
         raise RuntimeError("expected one straight-path step per episode and trial")
-    return (at * -traj.rewards).sum(1).cpu()
+    last = ended.unsqueeze(0) & (episode == torch.arange(episodes, device=ended.device).view(-1, 1, 1))
+    steps = (last * (step_in_episode + 1)).sum(1)
+    return StraightPath((at * -traj.rewards).sum(1).cpu(), steps.cpu(), straight_steps.expand_as(steps).cpu())
 
 
 def straight_path_rows(learners: dict[str, tuple[RL2, bool]], tasks: Tasks) -> dict[str, dict[str, list[float]]]:
-    """Per learner ``(agent, mode actions?)`` and episode: the mean distance after the straight path's steps
-    (:func:`distance_after_straight_path`, 10 trials per task) and the fraction of trials within tolerance."""
+    """Per learner ``(agent, mode actions?)`` and episode (:func:`distance_after_straight_path`, 10 trials per task):
+    the mean distance after the straight path's steps, the fraction of trials within tolerance then, the median
+    episode length, the fraction of episodes that ended at the goal, and the fraction that did so within two steps
+    of the straight path's."""
     rows: dict[str, dict[str, list[float]]] = {}
-    print(f"\ndistance to the goal after the straight path's steps (within {STRAIGHT_TOLERANCE}: went straight)")
     for name, (learner, deterministic) in learners.items():
-        distance = distance_after_straight_path(learner, tasks, trials_per_task=10, deterministic=deterministic, seed=0)
-        means = [mean_ci(d, 0.95) for d in distance]
-        straight = (distance <= STRAIGHT_TOLERANCE).double().mean(1).tolist()
+        measured = distance_after_straight_path(learner, tasks, trials_per_task=10, deterministic=deterministic, seed=0)
+        if not rows:
+            mean_straight = measured.straight_steps[0].double().mean().item()
+            print(f"\ndistance to the goal after the straight path's steps ({mean_straight:.2f} on average; within")
+            print(f"{STRAIGHT_TOLERANCE}: went straight), and the episode's length (median; ended at the goal; within 2 steps)")
+        means = [mean_ci(d, 0.95) for d in measured.distance]
+        straight = (measured.distance <= STRAIGHT_TOLERANCE).double().mean(1).tolist()
+        limit = learner.family.max_episode_steps
         rows[name] = {
             "mean": [m for m, _, _ in means],
             "ci_half_width": [(high - low) / 2 for _, low, high in means],
             "fraction_straight": straight,
+            "median_steps": measured.steps.double().median(1).values.tolist(),
+            "fraction_at_goal": (measured.steps < limit).double().mean(1).tolist(),
+            "fraction_within_2_steps": (measured.steps <= measured.straight_steps + 2).double().mean(1).tolist(),
         }
+        row = rows[name]
         cells = "   ".join(
-            f"episode {e + 1}: {m:.3f} ± {(h - lo) / 2:.3f} ({100 * f:.0f}% straight)"
+            f"episode {e + 1}: {m:.3f} ± {(h - lo) / 2:.3f} ({100 * f:.0f}% straight), {row['median_steps'][e]:.0f} steps "
+            f"({100 * row['fraction_at_goal'][e]:.0f}% at the goal; {100 * row['fraction_within_2_steps'][e]:.0f}%)"
             for e, ((m, lo, h), f) in enumerate(zip(means, straight, strict=True))
         )
         print(f"  {name:30s} {cells}")

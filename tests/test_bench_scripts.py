@@ -89,10 +89,17 @@ def test_straight_path_distance_follows_each_episode_of_a_trial(bench_rl2: Modul
             parameter.zero_()
         agent.policy.actor.bias.fill_(1.0)  # clipped by the env to its 0.1 step
     goals = torch.tensor([[0.3, 0.3], [0.2, 0.2], [0.3, 0.0], [-0.2, 0.45]])
-    distance = bench_rl2.distance_after_straight_path(agent, NavigationTasks(goal=goals), 2, deterministic=True, seed=0)
+    measured = bench_rl2.distance_after_straight_path(agent, NavigationTasks(goal=goals), 2, deterministic=True, seed=0)
     # Straight steps 3, 2, 3, 5: positions (0.3, 0.3), (0.2, 0.2), (0.3, 0.3), (0.5, 0.5); two trials per task.
     expected = torch.tensor([0.0, 0.0, 0.3, (0.7**2 + 0.05**2) ** 0.5]).repeat_interleave(2)
-    torch.testing.assert_close(distance, expected.expand(2, -1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(measured.distance, expected.expand(2, -1), atol=1e-5, rtol=0)
+    # The diagonal goals end the episode on arrival; the others never reach the goal's box (the 100-step limit).
+    steps = torch.tensor([3, 2, 100, 100]).repeat_interleave(2)
+    torch.testing.assert_close(measured.steps, steps.expand(2, -1))
+    torch.testing.assert_close(measured.straight_steps, torch.tensor([3.0, 2.0, 3.0, 5.0]).repeat_interleave(2).expand(2, -1))
+    row = bench_rl2.straight_path_rows({"diagonal": (agent, True)}, NavigationTasks(goal=goals))["diagonal"]
+    assert row["fraction_straight"] == row["fraction_at_goal"] == row["fraction_within_2_steps"] == [0.5, 0.5]
+    assert row["median_steps"] == [3.0, 3.0]  # torch's median: the lower middle of 2, 2, 3, 3, 100, 100, 100, 100
 
 
 def test_bench_gpu_refuses_an_unknown_part_before_running_anything(tmp_path: Path) -> None:
