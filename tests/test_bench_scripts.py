@@ -23,18 +23,20 @@ def bench_rl2(load_script: Callable[[str], ModuleType]) -> ModuleType:
     return load_script("bench_rl2")
 
 
+TINY_RL2_BENCH = dict(
+    minutes=1e-4,  # one meta-iteration: the loop always runs at least one
+    num_envs=8,
+    hidden_size=8,
+    num_tasks=6,
+    trials_per_task=1,
+    threads=1,
+)
+
+
 def test_bench_rl2_scores_every_reference_policy_and_writes_json(bench_rl2: ModuleType, tmp_path: Path) -> None:
     out = tmp_path / "rl2.json"
     config = bench_rl2.BenchConfig(
-        settings=("bandit-k5-n10", "mdp-10x5"),
-        minutes=1e-4,  # one meta-iteration: the loop always runs at least one
-        num_envs=8,
-        hidden_size=8,
-        num_tasks=6,
-        trials_per_task=1,
-        threads=1,
-        json_out=out,
-        save_dir=tmp_path / "agents",
+        settings=("bandit-k5-n10", "mdp-10x5"), **TINY_RL2_BENCH, json_out=out, save_dir=tmp_path / "agents"
     )
     report = bench_rl2.main(config)
     assert json.loads(out.read_text())["settings"].keys() == {"bandit-k5-n10", "mdp-10x5"}
@@ -56,16 +58,7 @@ def test_bench_rl2_scores_every_reference_policy_and_writes_json(bench_rl2: Modu
 
 def test_bench_rl2_validates_and_scores_the_best_iterate_beside_the_last(bench_rl2: ModuleType, tmp_path: Path) -> None:
     config = bench_rl2.BenchConfig(
-        settings=("bandit-k5-n10",),
-        minutes=1e-4,
-        num_envs=8,
-        hidden_size=8,
-        num_tasks=6,
-        trials_per_task=1,
-        threads=1,
-        save_dir=tmp_path / "agents",
-        validate_every=1,
-        validation_tasks=5,
+        settings=("bandit-k5-n10",), **TINY_RL2_BENCH, save_dir=tmp_path / "agents", validate_every=1, validation_tasks=5
     )
     report = bench_rl2.main(config)["settings"]["bandit-k5-n10"]
     assert [step for step, _ in report["validation_scores"]] == [1]
