@@ -244,12 +244,18 @@ class ModeActions:
         return self.agent.adaptation_curve(tasks, num_steps, generator, deterministic=True)
 
 
+def sampled_and_mode(agents: dict[str, RL2]) -> dict[str, tuple[RL2, bool]]:
+    """Each RL² agent twice: ``(agent, False)`` under its name (sampled actions) and ``(agent, True)`` as
+    "NAME (mode)" (its most likely actions)."""
+    played: dict[str, tuple[RL2, bool]] = {}
+    for name, agent in agents.items():
+        played[name], played[f"{name} (mode)"] = (agent, False), (agent, True)
+    return played
+
+
 def with_mode_actions(agents: dict[str, RL2]) -> dict[str, RL2 | ModeActions]:
     """Each RL² agent, scored with sampled actions under its name and with its most likely ones as "NAME (mode)"."""
-    learners: dict[str, RL2 | ModeActions] = {}
-    for name, agent in agents.items():
-        learners[name], learners[f"{name} (mode)"] = agent, ModeActions(agent)
-    return learners
+    return {name: ModeActions(agent) if mode else agent for name, (agent, mode) in sampled_and_mode(agents).items()}
 
 
 def against_reference_policies(agents: dict[str, RL2], setting: Setting, config: BenchConfig) -> dict[str, dict[str, float]]:
@@ -317,13 +323,13 @@ def distance_after_straight_path(agent: RL2, tasks: Tasks, trials_per_task: int,
     begins = torch.cat([torch.ones_like(ended[:1]), ended[:-1]])
     step_in_episode = t - torch.where(begins, t, 0).cummax(0).values
     episode = ended.long().cumsum(0) - ended.long()
+    in_episode = episode == torch.arange(episodes, device=ended.device).view(-1, 1, 1)  # (episodes, T, N)
     # The straight path's last step, or the episode's own if it ended sooner (within the goal's box).
     at = (step_in_episode == straight_steps - 1) | (ended & (step_in_episode < straight_steps - 1))
-    at = at.unsqueeze(0) & (episode == torch.arange(episodes, device=ended.device).view(-1, 1, 1))
+    at = at.unsqueeze(0) & in_episode
     if not bool((at.sum(1) == 1).all()):  # a trial's episodes all end within its steps, so one step each
         raise RuntimeError("expected one straight-path step per episode and trial")
-    last = ended.unsqueeze(0) & (episode == torch.arange(episodes, device=ended.device).view(-1, 1, 1))
-    steps = (last * (step_in_episode + 1)).sum(1)
+    steps = (ended.unsqueeze(0) & in_episode).mul(step_in_episode + 1).sum(1)  # each episode's length, at its end
     return StraightPath((at * -traj.rewards).sum(1).cpu(), steps.cpu(), straight_steps.expand_as(steps).cpu())
 
 
@@ -375,10 +381,8 @@ def per_episode(agents: dict[str, RL2], setting: Setting, config: BenchConfig) -
     if result.oracle is not None:
         rows["oracle"] = {"mean": [result.oracle.mean], "ci_low": [result.oracle.ci_low], "ci_high": [result.oracle.ci_high]}
     if isinstance(family, Navigation2D):
-        played: dict[str, tuple[RL2, bool]] = {}
-        for name, agent in agents.items():
-            played[name], played[f"{name} (mode)"] = (agent, False), (agent, True)
-        rows["straight_path"] = straight_path_rows({**played, "untrained RL2": (untrained, False)}, tasks)
+        played = {**sampled_and_mode(agents), "untrained RL2": (untrained, False)}
+        rows["straight_path"] = straight_path_rows(played, tasks)
     return rows
 
 
