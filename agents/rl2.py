@@ -50,6 +50,11 @@ class RL2Config:
     """Trials run side by side, each on its own task."""
     hidden_size: int = 256
     """GRU width."""
+    encoder_size: int | None = None
+    """Width of a ReLU layer between the input and the GRU (None: the GRU reads the input itself; see
+    :class:`metarl.policies.GRUPolicy`)."""
+    head_size: int | None = None
+    """Width of a tanh layer in each of the policy and value heads (None: linear heads on the GRU state)."""
     separate_critic: bool = False
     """Give the value head a GRU of its own, so value regression does not shape the policy's memory."""
     time_feature: bool = False
@@ -81,6 +86,9 @@ class RL2Config:
     def __post_init__(self) -> None:
         for name in ("episodes_per_trial", "num_envs", "hidden_size", "eval_envs_per_task"):
             check_positive_int(name, getattr(self, name))
+        for name in ("encoder_size", "head_size"):
+            if getattr(self, name) is not None:
+                check_positive_int(name, getattr(self, name))
         if self.lr_anneal_iterations is not None:
             check_positive_int("lr_anneal_iterations", self.lr_anneal_iterations)
         for name in ("gamma", "gae_lambda"):
@@ -106,7 +114,14 @@ class RL2:
         if config.ppo.bptt_length is not None and self.trial_steps % config.ppo.bptt_length:
             raise ValueError(f"ppo.bptt_length {config.ppo.bptt_length} must divide the trial length {self.trial_steps}")
         obs_dim = int(self.env.single_observation_space.shape[0])
-        policy = GRUPolicy(obs_dim, self.family.action_space, config.hidden_size, separate_critic=config.separate_critic)
+        policy = GRUPolicy(
+            obs_dim,
+            self.family.action_space,
+            config.hidden_size,
+            separate_critic=config.separate_critic,
+            encoder_size=config.encoder_size,
+            head_size=config.head_size,
+        )
         self.policy = init_parameters(policy, torch.Generator().manual_seed(config.seed)).to(self.device)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.ppo.lr, eps=1e-5)
         self.task_generator = torch.Generator().manual_seed(config.seed)
@@ -257,12 +272,15 @@ class RL2:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        saved = state["config"].get("time_feature", False)  # checkpoints from before the option had none
-        if saved != self.config.time_feature:
-            raise ValueError(
-                f"the checkpoint's policy was trained with time_feature={saved}, this agent has "
-                f"time_feature={self.config.time_feature} (pass rl2 --{'' if saved else 'no-'}time-feature)"
-            )
+        # The options that shape the network; checkpoints from before an option existed were saved without it.
+        for name, absent in (("time_feature", False), ("encoder_size", None), ("head_size", None)):
+            saved, ours = state["config"].get(name, absent), getattr(self.config, name)
+            if saved != ours:
+                flag = name.replace("_", "-")
+                hint = f"--{'' if saved else 'no-'}{flag}" if isinstance(saved, bool) else f"--{flag} {saved}"
+                raise ValueError(
+                    f"the checkpoint's policy was trained with {name}={saved}, this agent has {name}={ours} (pass rl2 {hint})"
+                )
         self.policy.load_state_dict(state["policy"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.task_generator.set_state(state["task_generator"])

@@ -258,6 +258,15 @@ class GRUPolicy(_PolicyBase):
     sb3-contrib's ``RecurrentPPO`` does by default), so regressing values does
     not shape the policy's memory; the carried state is then both GRUs'
     states side by side, ``hidden_size`` = 2 × ``cell_size``.
+
+    ``encoder_size``: the GRU reads a ReLU layer of this width over the input
+    instead of the raw input (shared by both GRUs). One ReLU unit can compute
+    an AND of input features exactly, e.g. "arm i was pulled and paid 1" from
+    RL²'s one-hot previous action and previous reward, which a GRU's gates,
+    linear in the input, can only approximate. ``head_size``: the policy and
+    value heads each get a tanh layer of this width on the GRU state, so the
+    state need not hold the action preferences linearly. Off by default: the
+    RL² paper's policy is a GRU with linear heads.
     """
 
     def __init__(
@@ -268,10 +277,13 @@ class GRUPolicy(_PolicyBase):
         value_head: bool = True,
         init_log_std: float = 0.0,
         separate_critic: bool = False,
+        encoder_size: int | None = None,
+        head_size: int | None = None,
     ) -> None:
         super().__init__()
-        if hidden_size < 1:
-            raise ValueError(f"hidden_size must be positive, got {hidden_size}")
+        for name, size in (("hidden_size", hidden_size), ("encoder_size", encoder_size), ("head_size", head_size)):
+            if size is not None and size < 1:
+                raise ValueError(f"{name} must be positive, got {size}")
         if separate_critic and not value_head:
             raise ValueError("separate_critic=True needs value_head=True (the second GRU feeds the value head)")
         self.cell_size = hidden_size
@@ -280,13 +292,19 @@ class GRUPolicy(_PolicyBase):
         self.action_dist, param_dim = distribution_for(action_space)
         self.gaussian = isinstance(self.action_dist, DiagGaussian)
         out_dim = param_dim // 2 if self.gaussian else param_dim
-        self.input_gates, self.hidden_gates = _gru_gates(obs_dim, hidden_size)
+        self.encoder = nn.Linear(obs_dim, encoder_size) if encoder_size is not None else None
+        self.gru_input_size = encoder_size or obs_dim
+        self.input_gates, self.hidden_gates = _gru_gates(self.gru_input_size, hidden_size)
         if separate_critic:
-            self.critic_input_gates, self.critic_hidden_gates = _gru_gates(obs_dim, hidden_size)
-        self.actor = nn.Linear(hidden_size, out_dim)
+            self.critic_input_gates, self.critic_hidden_gates = _gru_gates(self.gru_input_size, hidden_size)
+
+        def head(size: int) -> nn.Module:  # a plain Linear without head_size keeps older checkpoints' names
+            return nn.Linear(hidden_size, size) if head_size is None else MLP([hidden_size, head_size, size], "tanh")
+
+        self.actor = head(out_dim)
         if self.gaussian:
             self.log_std = nn.Parameter(torch.full((out_dim,), float(init_log_std)))
-        self.critic = nn.Linear(hidden_size, 1) if value_head else None
+        self.critic = head(1) if value_head else None
 
     def gate_layers(self) -> tuple[nn.Linear, ...]:
         """The GRU gate layers (initialised with fan ``cell_size``, as ``nn.GRUCell`` does)."""
@@ -302,12 +320,13 @@ class GRUPolicy(_PolicyBase):
     ) -> PolicyOutput:
         if hidden is None:
             hidden = obs.new_zeros(*obs.shape[:-1], self.hidden_size)
+        x = self._encode(params, obs)
         if not self.separate_critic:
-            h = h_critic = _gru_cell(obs, hidden, params, "")
+            h = h_critic = _gru_cell(x, hidden, params, "")
         else:
             h_actor, h_critic = hidden.split(self.cell_size, dim=-1)
-            h = _gru_cell(obs, h_actor, params, "")
-            h_critic = _gru_cell(obs, h_critic, params, "critic_")
+            h = _gru_cell(x, h_actor, params, "")
+            h_critic = _gru_cell(x, h_critic, params, "critic_")
         state = torch.cat([h, h_critic], dim=-1) if self.separate_critic else h
         return PolicyOutput(*self._heads(params, h, h_critic), state)
 
@@ -315,13 +334,17 @@ class GRUPolicy(_PolicyBase):
         self, params: Mapping[str, torch.Tensor], h: torch.Tensor, h_critic: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Distribution parameters from the actor's states ``h``, values (or None) from the critic's ``h_critic``."""
-        out = task_linear(h, params["actor.weight"], params["actor.bias"])
+        out = _head(self.actor, params, "actor.", h)
         if self.gaussian:
             out = _with_log_std(out, params["log_std"])
-        value = None
-        if self.critic is not None:
-            value = task_linear(h_critic, params["critic.weight"], params["critic.bias"]).squeeze(-1)
+        value = None if self.critic is None else _head(self.critic, params, "critic.", h_critic).squeeze(-1)
         return out, value
+
+    def _encode(self, params: Mapping[str, torch.Tensor], obs: torch.Tensor) -> torch.Tensor:
+        """The GRUs' input: ``obs``, or the encoder's ReLU features of it."""
+        if self.encoder is None:
+            return obs
+        return torch.relu(task_linear(obs, params["encoder.weight"], params["encoder.bias"]))
 
     def forward_sequence(self, params: Mapping[str, torch.Tensor], obs: torch.Tensor, hidden: torch.Tensor) -> PolicyOutput:
         """:meth:`forward_with` over ``L`` consecutive steps ``(L, B, obs_dim)`` from states ``(B, hidden_size)``,
@@ -339,7 +362,8 @@ class GRUPolicy(_PolicyBase):
         """
         if params["input_gates.weight"].dim() != 2:
             raise ValueError("forward_sequence takes plain parameters; per-task stacks go through forward_with step by step")
-        shell = _gru_shell(obs.shape[-1], self.cell_size)
+        shell = _gru_shell(self.gru_input_size, self.cell_size)
+        x = self._encode(params, obs)
 
         def run(h0: torch.Tensor, prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
             weights = {
@@ -351,7 +375,7 @@ class GRUPolicy(_PolicyBase):
             with warnings.catch_warnings():
                 # cuDNN copies the four weights into one buffer on every call: expected, they live in our own layers.
                 warnings.filterwarnings("ignore", message="RNN module weights are not part of single contiguous chunk")
-                states, last = torch.func.functional_call(shell, weights, (obs, h0.unsqueeze(0).contiguous()))
+                states, last = torch.func.functional_call(shell, weights, (x, h0.unsqueeze(0).contiguous()))
             return states, last[0]
 
         if not self.separate_critic:
@@ -363,6 +387,13 @@ class GRUPolicy(_PolicyBase):
             states_critic, last_critic = run(h_critic, "critic_")
             last = torch.cat([last_actor, last_critic], dim=-1)
         return PolicyOutput(*self._heads(params, states, states_critic), last)
+
+
+def _head(module: nn.Module, params: Mapping[str, torch.Tensor], prefix: str, x: torch.Tensor) -> torch.Tensor:
+    """A :class:`GRUPolicy` head (a Linear, or an :class:`MLP` with ``head_size``) under ``params``."""
+    if isinstance(module, MLP):
+        return module.forward_with(params, x, prefix)
+    return task_linear(x, params[f"{prefix}weight"], params[f"{prefix}bias"])
 
 
 Policy = MLPPolicy | GRUPolicy

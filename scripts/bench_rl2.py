@@ -127,6 +127,10 @@ class BenchConfig:
     """Trials per meta-iteration (default: the setting's own, see SETTINGS)."""
     hidden_size: int = 128
     """GRU width."""
+    encoder_size: int | None = None
+    """Width of a ReLU input layer before the GRU (RL2Config.encoder_size; None: none)."""
+    head_size: int | None = None
+    """Width of a tanh layer in the policy and value heads (RL2Config.head_size; None: linear heads)."""
     lr: float | None = None
     """PPO step size (default: the setting's own)."""
     vf_coef: float | None = None
@@ -178,8 +182,8 @@ class BenchConfig:
     """Tasks of the training split that --validate-every scores, --trials-per-task trials each."""
     load_dir: Path | None = None
     """Score the agents saved in this directory by --save-dir instead of training (--minutes is then unused). Give
-    the flags that shape the network as in the saved run (--hidden-size, --separate-critic, --time-feature):
-    loading refuses a mismatch."""
+    the flags that shape the network as in the saved run (--hidden-size, --encoder-size, --head-size,
+    --separate-critic, --time-feature): loading refuses a mismatch."""
 
     def __post_init__(self) -> None:
         # Checked here, not after a setting's whole training budget.
@@ -221,6 +225,8 @@ def make_agent(setting: Setting, config: BenchConfig, seed: int) -> RL2:
             episodes_per_trial=setting.episodes_per_trial,
             num_envs=h["num_envs"],
             hidden_size=config.hidden_size,
+            encoder_size=config.encoder_size,
+            head_size=config.head_size,
             separate_critic=config.separate_critic,
             time_feature=h["time_feature"],
             gamma=h["gamma"],

@@ -58,7 +58,13 @@ def test_bench_rl2_scores_every_reference_policy_and_writes_json(bench_rl2: Modu
 
 def test_bench_rl2_validates_and_scores_the_best_iterate_beside_the_last(bench_rl2: ModuleType, tmp_path: Path) -> None:
     config = bench_rl2.BenchConfig(
-        settings=("bandit-k5-n10",), **TINY_RL2_BENCH, save_dir=tmp_path / "agents", validate_every=1, validation_tasks=5
+        settings=("bandit-k5-n10",),
+        **TINY_RL2_BENCH,
+        encoder_size=4,  # the saved agents carry the extra layers back through --load-dir
+        head_size=4,
+        save_dir=tmp_path / "agents",
+        validate_every=1,
+        validation_tasks=5,
     )
     report = bench_rl2.main(config)["settings"]["bandit-k5-n10"]
     assert [step for step, _ in report["validation_scores"]] == [1]

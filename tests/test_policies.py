@@ -90,9 +90,15 @@ def test_gru_cell_matches_torch() -> None:
     torch.testing.assert_close(policy(x, h).hidden, reference(x, h))
 
 
+# The optional input encoder and MLP heads go through the same code paths as the GRU itself.
+LAYERS = [{}, {"encoder_size": 5, "head_size": 4}]
+LAYER_IDS = ["plain", "encoder+heads"]
+
+
+@pytest.mark.parametrize("layers", LAYERS, ids=LAYER_IDS)
 @pytest.mark.parametrize("separate_critic", [False, True])
-def test_gru_policy_forward_with_per_task_parameters(separate_critic: bool) -> None:
-    policy = GRUPolicy(3, spaces.Box(-1, 1, (2,)), hidden_size=6, separate_critic=separate_critic)
+def test_gru_policy_forward_with_per_task_parameters(separate_critic: bool, layers: dict) -> None:
+    policy = GRUPolicy(3, spaces.Box(-1, 1, (2,)), hidden_size=6, separate_critic=separate_critic, **layers)
     params = {k: v.detach() for k, v in policy.named_parameters()}
     per_task = {k: torch.stack([v, v + 0.1]) for k, v in params.items()}
     obs, hidden = torch.randn(2, 4, 3), torch.randn(2, 4, policy.hidden_size)
@@ -118,8 +124,11 @@ def _step_by_step(policy: GRUPolicy, params: dict, obs: torch.Tensor, hidden: to
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 @pytest.mark.parametrize("action_space", [spaces.Discrete(3), spaces.Box(-1, 1, (2,))], ids=["discrete", "box"])
+@pytest.mark.parametrize("layers", LAYERS, ids=LAYER_IDS)
 @pytest.mark.parametrize("separate_critic", [False, True])
-def test_gru_forward_sequence_matches_the_cell_step_by_step(separate_critic: bool, action_space, device: str) -> None:
+def test_gru_forward_sequence_matches_the_cell_step_by_step(
+    separate_critic: bool, action_space: spaces.Space, device: str, layers: dict
+) -> None:
     """The fused sequence (nn.GRU's kernel, cuDNN on CUDA) gives the cell's outputs, last state and gradients.
 
     cuDNN may run recurrent layers in TF32 (PyTorch's default on Ampere and later: 1e-4 differences on an
@@ -128,12 +137,12 @@ def test_gru_forward_sequence_matches_the_cell_step_by_step(separate_critic: boo
     if device == "cuda" and not torch.cuda.is_available():
         pytest.skip("no CUDA device")
     with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
-        _check_forward_sequence(separate_critic, action_space, device)
+        _check_forward_sequence(separate_critic, action_space, device, layers)
 
 
-def _check_forward_sequence(separate_critic: bool, action_space: spaces.Space, device: str) -> None:
+def _check_forward_sequence(separate_critic: bool, action_space: spaces.Space, device: str, layers: dict) -> None:
     torch.manual_seed(0)
-    policy = GRUPolicy(5, action_space, hidden_size=8, separate_critic=separate_critic).to(device)
+    policy = GRUPolicy(5, action_space, hidden_size=8, separate_critic=separate_critic, **layers).to(device)
     params = dict(policy.named_parameters())
     obs, hidden = torch.randn(7, 4, 5, device=device), torch.randn(4, policy.hidden_size, device=device)
     fused = policy.forward_sequence(params, obs, hidden)
@@ -146,6 +155,28 @@ def _check_forward_sequence(separate_critic: bool, action_space: spaces.Space, d
     for name, got, want in zip(params, fused_grads, stepped_grads, strict=True):
         torch.testing.assert_close(got, want, msg=lambda m, name=name: f"{name}: {m}")
     assert fused.hidden.device.type == device
+
+
+def test_gru_encoder_and_heads() -> None:
+    """The GRU reads ReLU features of the input; each head is hidden -> tanh layer -> output; without the
+    options the parameter names are those of older checkpoints."""
+    torch.manual_seed(0)
+    policy = GRUPolicy(5, spaces.Discrete(3), hidden_size=8, encoder_size=6, head_size=4)
+    bare = GRUPolicy(6, spaces.Discrete(3), hidden_size=8)
+    with torch.no_grad():
+        for name in ("input_gates", "hidden_gates"):
+            getattr(bare, name).load_state_dict(getattr(policy, name).state_dict())
+    x, h = torch.randn(7, 5), torch.randn(7, 8)
+    out = policy(x, h)
+    features = torch.relu(policy.encoder(x))
+    torch.testing.assert_close(out.hidden, bare(features, h).hidden)
+    actor, critic = policy.actor.layers, policy.critic.layers
+    torch.testing.assert_close(out.dist_params, actor[1](torch.tanh(actor[0](out.hidden))))
+    torch.testing.assert_close(out.value, critic[1](torch.tanh(critic[0](out.hidden))).squeeze(-1))
+    assert {"actor.weight", "critic.weight"} <= set(bare.state_dict()) and "encoder.weight" not in bare.state_dict()
+    for name, size in (("hidden_size", 0), ("encoder_size", 0), ("head_size", -2)):
+        with pytest.raises(ValueError, match=f"{name} must be positive, got {size}"):
+            GRUPolicy(5, spaces.Discrete(3), **{"hidden_size": 8, name: size})
 
 
 def test_gru_forward_sequence_refuses_per_task_parameters() -> None:

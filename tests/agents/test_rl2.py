@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -97,6 +98,20 @@ def test_time_feature_widens_the_input_and_checkpoints_must_agree_on_it() -> Non
         plain.load_state_dict(timed.state_dict())
     with pytest.raises(ValueError, match=r"trained with time_feature=False.*pass rl2 --no-time-feature"):
         timed.load_state_dict(plain.state_dict())
+
+
+def test_encoder_and_heads_train_and_checkpoints_must_agree_on_them() -> None:
+    layered = RL2(RL2Config(**TINY, encoder_size=8, head_size=4))
+    plain = RL2(RL2Config(**TINY))
+    assert layered.policy.encoder.in_features == plain.env.single_observation_space.shape[0]
+    stats = layered.meta_train_step()
+    assert math.isfinite(stats["policy_loss"])
+    with pytest.raises(ValueError, match=r"trained with encoder_size=8, this agent has encoder_size=None.*--encoder-size 8"):
+        plain.load_state_dict(layered.state_dict())
+    with pytest.raises(ValueError, match=r"trained with head_size=None, this agent has head_size=4"):
+        RL2(RL2Config(**TINY, head_size=4)).load_state_dict(plain.state_dict())
+    with pytest.raises(ValueError, match="head_size must be a positive int"):
+        RL2Config(**TINY, head_size=0)
 
 
 def test_adaptation_curve_is_per_episode_of_a_trial() -> None:
