@@ -70,10 +70,10 @@ class Setting:
 
 
 # Bandits and MDPs: the settings that lifted RL² off random level (BENCHMARKS.md: value-loss weight 0.02
-# for the shared GRU, the paper's GAE lambda 0.3, the steps taken as an input; for 5-armed 100-pull
-# bandits also a smaller step size and truncated BPTT). Control: rewards scaled so that values stay of
+# for the shared GRU, the paper's GAE lambda 0.3, the steps taken as an input); on 100-pull bandits also
+# a ReLU input layer and tanh heads around the GRU. Control: rewards scaled so that values stay of
 # order one, a long-horizon lambda, and no entropy bonus (the Gaussian's entropy only widens clipped actions);
-# the time input on Navigation2D (measured there, not on Pendulum).
+# the time input on Navigation2D (measured there, not on Pendulum). 0 for a layer size: no such layer.
 BANDIT_HYPERPARAMETERS = dict(
     num_envs=512,
     lr=1e-3,
@@ -84,7 +84,10 @@ BANDIT_HYPERPARAMETERS = dict(
     ent_coef=0.01,
     bptt_length=None,
     time_feature=True,
+    encoder_size=0,
+    head_size=0,
 )
+LONG_BANDIT_HYPERPARAMETERS = {**BANDIT_HYPERPARAMETERS, "encoder_size": 64, "head_size": 64}
 CONTROL_HYPERPARAMETERS = dict(
     num_envs=256,
     lr=3e-4,
@@ -95,16 +98,13 @@ CONTROL_HYPERPARAMETERS = dict(
     ent_coef=0.0,
     bptt_length=None,
     time_feature=False,
+    encoder_size=0,
+    head_size=0,
 )
 SETTINGS: dict[str, Setting] = {
     "bandit-k5-n10": Setting("metarl/BernoulliBandit-v0", {"num_arms": 5, "num_pulls": 10}, 1, BANDIT_HYPERPARAMETERS),
-    "bandit-k10-n100": Setting("metarl/BernoulliBandit-v0", {"num_arms": 10, "num_pulls": 100}, 1, BANDIT_HYPERPARAMETERS),
-    "bandit-k5-n100": Setting(
-        "metarl/BernoulliBandit-v0",
-        {"num_arms": 5, "num_pulls": 100},
-        1,
-        {**BANDIT_HYPERPARAMETERS, "lr": 3e-4, "bptt_length": 20},
-    ),
+    "bandit-k10-n100": Setting("metarl/BernoulliBandit-v0", {"num_arms": 10, "num_pulls": 100}, 1, LONG_BANDIT_HYPERPARAMETERS),
+    "bandit-k5-n100": Setting("metarl/BernoulliBandit-v0", {"num_arms": 5, "num_pulls": 100}, 1, LONG_BANDIT_HYPERPARAMETERS),
     "mdp-10x5": Setting(
         "metarl/TabularMDP-v0", {"num_states": 10, "num_actions": 5, "episode_length": 10}, 10, BANDIT_HYPERPARAMETERS
     ),
@@ -128,9 +128,10 @@ class BenchConfig:
     hidden_size: int = 128
     """GRU width."""
     encoder_size: int | None = None
-    """Width of a ReLU input layer before the GRU (RL2Config.encoder_size; None: none)."""
+    """Width of a ReLU input layer before the GRU (RL2Config.encoder_size; default: the setting's own; 0: none)."""
     head_size: int | None = None
-    """Width of a tanh layer in the policy and value heads (RL2Config.head_size; None: linear heads)."""
+    """Width of a tanh layer in the policy and value heads (RL2Config.head_size; default: the setting's own; 0: linear
+    heads)."""
     lr: float | None = None
     """PPO step size (default: the setting's own)."""
     vf_coef: float | None = None
@@ -146,7 +147,7 @@ class BenchConfig:
     ent_coef: float | None = None
     """Entropy bonus (default: the setting's own)."""
     bptt_length: int | None = None
-    """Truncated-BPTT chunk length of the PPO update (default: the setting's own; whole trials except k=5, n=100)."""
+    """Truncated-BPTT chunk length of the PPO update (default: the setting's own: whole trials)."""
     separate_critic: bool = False
     """Give the value head its own GRU instead (twice the compute per step)."""
     anneal_lr: bool = False
@@ -191,6 +192,10 @@ class BenchConfig:
             raise ValueError(f"minutes must be positive, got {self.minutes!r}")
         for name in ("hidden_size", "num_tasks", "trials_per_task", "validation_tasks"):
             check_positive_int(name, getattr(self, name))
+        for name in ("encoder_size", "head_size"):
+            size = getattr(self, name)
+            if size is not None and (not isinstance(size, int) or size < 0):
+                raise ValueError(f"{name} must be a non-negative int (0: no such layer), got {size!r}")
         for name in ("snapshot_every", "validate_every"):
             every = getattr(self, name)
             if every is not None:
@@ -225,8 +230,8 @@ def make_agent(setting: Setting, config: BenchConfig, seed: int) -> RL2:
             episodes_per_trial=setting.episodes_per_trial,
             num_envs=h["num_envs"],
             hidden_size=config.hidden_size,
-            encoder_size=config.encoder_size,
-            head_size=config.head_size,
+            encoder_size=h["encoder_size"] or None,
+            head_size=h["head_size"] or None,
             separate_critic=config.separate_critic,
             time_feature=h["time_feature"],
             gamma=h["gamma"],

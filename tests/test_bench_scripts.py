@@ -76,6 +76,17 @@ def test_bench_rl2_validates_and_scores_the_best_iterate_beside_the_last(bench_r
     assert rescored["settings"]["bandit-k5-n10"]["results"] == report["results"]
 
 
+def test_bench_rl2_layer_sizes_come_from_the_setting_unless_given(bench_rl2: ModuleType) -> None:
+    """100-pull bandits get the input layer and MLP heads by default; a size given on the command line wins, 0 removes
+    the layer."""
+    long_trials, short_trials = bench_rl2.SETTINGS["bandit-k10-n100"], bench_rl2.SETTINGS["bandit-k5-n10"]
+    policy = bench_rl2.make_agent(long_trials, bench_rl2.BenchConfig(**TINY_RL2_BENCH), seed=0).policy
+    assert policy.encoder.out_features == 64 and policy.actor.layers[0].out_features == 64
+    policy = bench_rl2.make_agent(long_trials, bench_rl2.BenchConfig(**TINY_RL2_BENCH, encoder_size=0, head_size=3), 0).policy
+    assert policy.encoder is None and policy.critic.layers[0].out_features == 3
+    assert bench_rl2.make_agent(short_trials, bench_rl2.BenchConfig(**TINY_RL2_BENCH), seed=0).policy.encoder is None
+
+
 def test_straight_path_distance_follows_each_episode_of_a_trial(bench_rl2: ModuleType) -> None:
     """A policy that always steps (+0.1, +0.1): for goals on that diagonal it goes straight (distance 0 after the
     straight path's steps, in both episodes), for the others it ends a known distance away."""
@@ -130,6 +141,8 @@ def test_bench_rl2_flags_override_the_settings_own_hyperparameters(bench_rl2: Mo
         ({"validate_every": 0, "save_dir": Path("agents")}, "validate_every must be a positive int, got 0"),
         ({"snapshot_every": 10}, "snapshot_every=10 needs --save-dir"),
         ({"validation_tasks": 0}, "validation_tasks must be a positive int, got 0"),
+        ({"encoder_size": -1}, r"encoder_size must be a non-negative int \(0: no such layer\), got -1"),
+        ({"head_size": -3}, "head_size must be a non-negative int"),
     ],
 )
 def test_bench_rl2_refuses_bad_flags_before_training(bench_rl2: ModuleType, flags: dict, named: str) -> None:
