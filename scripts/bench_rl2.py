@@ -70,7 +70,7 @@ class Setting:
 
 
 # Bandits and MDPs: the settings that lifted RL² off random level (BENCHMARKS.md: value-loss weight 0.02
-# for the shared GRU, the paper's GAE lambda 0.3, the steps taken as an input); on 100-pull bandits also
+# for the shared GRU, the paper's GAE lambda 0.3, the steps taken as an input); on 100-pull bandits and MDPs also
 # a ReLU input layer and tanh heads around the GRU. Control: rewards scaled so that values stay of
 # order one, a long-horizon lambda, and no entropy bonus (the Gaussian's entropy only widens clipped actions);
 # the time input on Navigation2D (measured there, not on Pendulum). 0 for a layer size: no such layer.
@@ -87,7 +87,7 @@ BANDIT_HYPERPARAMETERS = dict(
     encoder_size=0,
     head_size=0,
 )
-LONG_BANDIT_HYPERPARAMETERS = {**BANDIT_HYPERPARAMETERS, "encoder_size": 64, "head_size": 64}
+LAYERED_HYPERPARAMETERS = {**BANDIT_HYPERPARAMETERS, "encoder_size": 64, "head_size": 64}
 CONTROL_HYPERPARAMETERS = dict(
     num_envs=256,
     lr=3e-4,
@@ -103,10 +103,10 @@ CONTROL_HYPERPARAMETERS = dict(
 )
 SETTINGS: dict[str, Setting] = {
     "bandit-k5-n10": Setting("metarl/BernoulliBandit-v0", {"num_arms": 5, "num_pulls": 10}, 1, BANDIT_HYPERPARAMETERS),
-    "bandit-k10-n100": Setting("metarl/BernoulliBandit-v0", {"num_arms": 10, "num_pulls": 100}, 1, LONG_BANDIT_HYPERPARAMETERS),
-    "bandit-k5-n100": Setting("metarl/BernoulliBandit-v0", {"num_arms": 5, "num_pulls": 100}, 1, LONG_BANDIT_HYPERPARAMETERS),
+    "bandit-k10-n100": Setting("metarl/BernoulliBandit-v0", {"num_arms": 10, "num_pulls": 100}, 1, LAYERED_HYPERPARAMETERS),
+    "bandit-k5-n100": Setting("metarl/BernoulliBandit-v0", {"num_arms": 5, "num_pulls": 100}, 1, LAYERED_HYPERPARAMETERS),
     "mdp-10x5": Setting(
-        "metarl/TabularMDP-v0", {"num_states": 10, "num_actions": 5, "episode_length": 10}, 10, BANDIT_HYPERPARAMETERS
+        "metarl/TabularMDP-v0", {"num_states": 10, "num_actions": 5, "episode_length": 10}, 10, LAYERED_HYPERPARAMETERS
     ),
     "navigation2d": Setting(
         "metarl/Navigation2D-v0", {}, 2, {**CONTROL_HYPERPARAMETERS, "time_feature": True}, against_reference_policies=False

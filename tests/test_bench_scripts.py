@@ -120,10 +120,10 @@ def test_bench_gpu_refuses_an_unknown_part_before_running_anything(tmp_path: Pat
 
 
 def test_bench_rl2_flags_override_the_settings_own_hyperparameters(bench_rl2: ModuleType) -> None:
-    setting = bench_rl2.SETTINGS["bandit-k5-n100"]
+    setting = bench_rl2.SETTINGS["navigation2d"]
     used = bench_rl2.hyperparameters(setting, bench_rl2.BenchConfig(lr=1e-2))
     assert used["lr"] == 1e-2
-    assert used["bptt_length"] == setting.hyperparameters["bptt_length"] == 20  # not given: the setting's own
+    assert used["reward_scale"] == setting.hyperparameters["reward_scale"] == 0.1  # not given: the setting's own
 
 
 @pytest.mark.parametrize(
