@@ -86,11 +86,9 @@ class RL2Config:
     def __post_init__(self) -> None:
         for name in ("episodes_per_trial", "num_envs", "hidden_size", "eval_envs_per_task"):
             check_positive_int(name, getattr(self, name))
-        for name in ("encoder_size", "head_size"):
+        for name in ("encoder_size", "head_size", "lr_anneal_iterations"):  # optional: None switches them off
             if getattr(self, name) is not None:
                 check_positive_int(name, getattr(self, name))
-        if self.lr_anneal_iterations is not None:
-            check_positive_int("lr_anneal_iterations", self.lr_anneal_iterations)
         for name in ("gamma", "gae_lambda"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)!r}")
