@@ -22,10 +22,11 @@ from typing import Annotated, Any
 
 import torch
 import tyro
+from gymnasium import spaces
 
 import metarl
 from agents.ppo import PPOSettings, ppo_update
-from metarl.env import TensorEnv
+from metarl.env import RescaledActions, TensorEnv
 from metarl.machine import synchronize
 from metarl.policies import GRUPolicy, init_parameters
 from metarl.returns import gae, next_values
@@ -73,6 +74,11 @@ class RL2Config:
     """Decay PPO's step size linearly from ``ppo.lr`` to zero over this many meta-iterations (CleanRL's
     ``--anneal-lr``), e.g. the run's ``--iterations``; None keeps it constant. On 5-armed 100-pull bandits a
     constant step size falls back in long runs (BENCHMARKS.md)."""
+    rescale_actions: bool = True
+    """Box action spaces: the policy acts in ``[-1, 1]`` per dimension, mapped onto the box
+    (:class:`metarl.env.RescaledActions`, as :class:`agents.maml.MAMLConfig` does), so the Gaussian's unit initial
+    noise spans the box instead of dwarfing a small one (Navigation2D's is ``[-0.1, 0.1]``). Discrete action
+    spaces are unaffected."""
     eval_envs_per_task: int = 4
     """Trials per held-out task in ``adaptation_curve``."""
     eval_deterministic: bool = False
@@ -108,13 +114,14 @@ class RL2:
         if self.family.max_episode_steps is None:
             raise ValueError(f"{config.env_id} declares no episode limit; RL² needs bounded trials")
         self.trial_steps = self.family.max_episode_steps * config.episodes_per_trial
+        self.rescales_actions = config.rescale_actions and isinstance(self.family.action_space, spaces.Box)
         self.env = self.trial_env(config.num_envs, config.episodes_per_trial, config.seed + 2)
         if config.ppo.bptt_length is not None and self.trial_steps % config.ppo.bptt_length:
             raise ValueError(f"ppo.bptt_length {config.ppo.bptt_length} must divide the trial length {self.trial_steps}")
         obs_dim = int(self.env.single_observation_space.shape[0])
         policy = GRUPolicy(
             obs_dim,
-            self.family.action_space,
+            self.env.single_action_space,
             config.hidden_size,
             separate_critic=config.separate_critic,
             encoder_size=config.encoder_size,
@@ -132,6 +139,8 @@ class RL2:
         """``num_envs`` trials of ``episodes_per_trial`` episodes on this agent's family, with the observations
         its policy reads (set their tasks with ``set_tasks``)."""
         env = TensorEnv(self.family, num_envs=num_envs, device=self.device, seed=seed, validate_actions=False)
+        if self.rescales_actions:
+            env = RescaledActions(env)
         return TrialEnv(env, episodes_per_trial, time_horizon=self.trial_steps if self.config.time_feature else None)
 
     # --- meta-training ------------------------------------------------------------------
@@ -270,8 +279,12 @@ class RL2:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        # The options that shape the network; checkpoints from before an option existed were saved without it.
-        for name, absent in (("time_feature", False), ("encoder_size", None), ("head_size", None)):
+        # The options that shape the network or what its actions mean; checkpoints from before an option existed
+        # were saved without it. Only Box actions are rescaled.
+        options = [("time_feature", False), ("encoder_size", None), ("head_size", None)]
+        if isinstance(self.family.action_space, spaces.Box):
+            options.append(("rescale_actions", False))
+        for name, absent in options:
             saved, ours = state["config"].get(name, absent), getattr(self.config, name)
             if saved != ours:
                 flag = name.replace("_", "-")

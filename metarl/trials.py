@@ -7,7 +7,8 @@ trial, so exploration in early episodes can pay off in later ones.
 :class:`TrialEnv` turns any batched env into that setting:
 
 * the observation becomes ``[obs, previous action, previous reward, previous
-  episode-end flag]`` (the action one-hot for discrete spaces), all three
+  episode-end flag]`` (the action one-hot for discrete spaces, clipped to
+  the box for continuous ones, as the env applied it), all three
   zero at the start of a trial, optionally followed by the steps taken in
   the trial over a fixed ``time_horizon`` (with a fixed horizon the value of
   a state depends on the steps left, which a recurrent net otherwise has to
@@ -88,6 +89,8 @@ class TrialEnv(TensorEnvView):
         else:
             self._num_actions = None
             action_low, action_high = action_space.low, action_space.high
+            self._action_low = torch.as_tensor(action_low, dtype=torch.float32, device=self.device)
+            self._action_high = torch.as_tensor(action_high, dtype=torch.float32, device=self.device)
         self._ended_column = base.shape[0] + len(action_low) + 1  # [obs, action features, reward, ended(, elapsed)]
         low = [base.low, action_low, [-np.inf], [0.0]]
         high = [base.high, action_high, [np.inf], [1.0]]
@@ -138,7 +141,10 @@ class TrialEnv(TensorEnvView):
         running = ~trial_end
         self._trial_return = trial_return * running
         self._trial_length = trial_length * running
-        features = action_features(torch.as_tensor(action, device=self.device), self._num_actions)
+        action = torch.as_tensor(action, device=self.device)
+        if self._num_actions is None:  # the action the env applied: it clips Box actions to the box
+            action = torch.clamp(action, self._action_low, self._action_high)
+        features = action_features(action, self._num_actions)
         # The first observation of a new trial carries no previous action, reward or flag.
         keep = running.float().unsqueeze(-1)
         next_obs = trial_observation(

@@ -148,6 +148,9 @@ class BenchConfig:
     """Entropy bonus (default: the setting's own)."""
     bptt_length: int | None = None
     """Truncated-BPTT chunk length of the PPO update (default: the setting's own: whole trials)."""
+    rescale_actions: bool = RL2Config.rescale_actions
+    """Box actions in ``[-1, 1]`` mapped onto the box (RL2Config.rescale_actions); --no-rescale-actions acts in the
+    env's units, as the runs before this flag did (control settings only)."""
     separate_critic: bool = False
     """Give the value head its own GRU instead (twice the compute per step)."""
     anneal_lr: bool = False
@@ -233,6 +236,7 @@ def make_agent(setting: Setting, config: BenchConfig, seed: int) -> RL2:
             encoder_size=h["encoder_size"] or None,
             head_size=h["head_size"] or None,
             separate_critic=config.separate_critic,
+            rescale_actions=config.rescale_actions,
             time_feature=h["time_feature"],
             gamma=h["gamma"],
             gae_lambda=h["gae_lambda"],

@@ -97,7 +97,7 @@ def test_straight_path_distance_follows_each_episode_of_a_trial(bench_rl2: Modul
     with torch.no_grad():
         for parameter in agent.policy.parameters():
             parameter.zero_()
-        agent.policy.actor.bias.fill_(1.0)  # clipped by the env to its 0.1 step
+        agent.policy.actor.bias.fill_(1.0)  # a full step (0.1) in the policy's [-1, 1] units
     goals = torch.tensor([[0.3, 0.3], [0.2, 0.2], [0.3, 0.0], [-0.2, 0.45]])
     measured = bench_rl2.distance_after_straight_path(agent, NavigationTasks(goal=goals), 2, deterministic=True, seed=0)
     # Straight steps 3, 2, 3, 5: positions (0.3, 0.3), (0.2, 0.2), (0.3, 0.3), (0.5, 0.5); two trials per task.
@@ -124,6 +124,9 @@ def test_bench_rl2_flags_override_the_settings_own_hyperparameters(bench_rl2: Mo
     used = bench_rl2.hyperparameters(setting, bench_rl2.BenchConfig(lr=1e-2))
     assert used["lr"] == 1e-2
     assert used["reward_scale"] == setting.hyperparameters["reward_scale"] == 0.1  # not given: the setting's own
+    assert bench_rl2.make_agent(setting, bench_rl2.BenchConfig(**TINY_RL2_BENCH), seed=0).rescales_actions
+    env_units = bench_rl2.BenchConfig(**TINY_RL2_BENCH, rescale_actions=False)
+    assert not bench_rl2.make_agent(setting, env_units, seed=0).rescales_actions
 
 
 @pytest.mark.parametrize(

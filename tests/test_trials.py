@@ -41,6 +41,16 @@ def test_observation_carries_previous_action_reward_and_episode_end() -> None:
     assert torch.equal(trials.episode_index, torch.zeros(2, dtype=torch.long))
 
 
+def test_previous_continuous_action_is_the_one_the_env_applied() -> None:
+    """Navigation2D clips actions to [-0.1, 0.1]; the next input carries the clipped action, inside the declared box."""
+    trials = nav_trials([(0.4, 0.4)], episodes=2)
+    trials.reset(seed=0)
+    out = trials.step(torch.tensor([[0.5, -0.03]]))
+    torch.testing.assert_close(out.obs[0, :2], torch.tensor([0.1, -0.03]))  # the position moved by the clipped action
+    torch.testing.assert_close(out.obs[0, 2:4], torch.tensor([0.1, -0.03]))
+    assert trials.single_observation_space.contains(out.obs[0].numpy())
+
+
 def test_trial_return_sums_every_episode_of_the_trial() -> None:
     trials = nav_trials([(0.3, 0.4)], episodes=2)
     trials.reset(seed=0)

@@ -114,6 +114,30 @@ def test_encoder_and_heads_train_and_checkpoints_must_agree_on_them() -> None:
         RL2Config(**TINY, head_size=0)
 
 
+def test_box_actions_are_rescaled_to_the_unit_box_and_checkpoints_must_agree_on_it() -> None:
+    """With rescale_actions (the default) the policy acts in [-1, 1] per dimension: a unit action is a full step of
+    Navigation2D's [-0.1, 0.1] box, and the input's previous action stays in the policy's units."""
+    nav = dict(env_id="metarl/Navigation2D-v0", episodes_per_trial=2, num_envs=4, hidden_size=8)
+    rescaled, plain = RL2(RL2Config(**nav)), RL2(RL2Config(**nav, rescale_actions=False))
+    assert rescaled.env.single_action_space.high.tolist() == [1.0, 1.0]
+    assert plain.env.single_action_space.high.tolist() == [pytest.approx(0.1)] * 2
+    for agent, unit in ((rescaled, 1.0), (plain, 0.1)):
+        env = agent.trial_env(1, 2, seed=0)
+        env.set_tasks(agent.family.task_space.default())
+        env.reset(seed=0)
+        out = env.step(torch.tensor([[unit, -2 * unit]]))  # the second coordinate is clipped to a full step
+        torch.testing.assert_close(out.obs[0, :2], torch.tensor([0.1, -0.1]))
+        torch.testing.assert_close(out.obs[0, 2:4], torch.tensor([unit, -unit]))
+    assert math.isfinite(rescaled.meta_train_step()["policy_loss"])
+    with pytest.raises(
+        ValueError, match=r"trained with rescale_actions=False, this agent has rescale_actions=True.*--no-rescale-actions"
+    ):
+        rescaled.load_state_dict(plain.state_dict())
+    # Discrete actions are never rescaled: a bandit checkpoint loads whatever the flag says.
+    bandit = RL2(RL2Config(**TINY))
+    RL2(RL2Config(**TINY, rescale_actions=False)).load_state_dict(bandit.state_dict())
+
+
 def test_adaptation_curve_is_per_episode_of_a_trial() -> None:
     agent = RL2(
         RL2Config(**{**TINY, "env_id": "metarl/TabularMDP-v0", "env_kwargs": {"episode_length": 5}, "episodes_per_trial": 3})
