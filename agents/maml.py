@@ -31,6 +31,7 @@ import metarl
 from agents.baselines import LinearFeatureBaseline
 from agents.losses import masked_mean, ppo_clip_loss, reinforce_loss, surrogate_loss
 from agents.trpo import trpo_step
+from metarl.checkpoint import check_saved_options
 from metarl.env import RescaledActions, TensorEnv
 from metarl.machine import synchronize
 from metarl.policies import MLPPolicy, init_parameters
@@ -493,12 +494,8 @@ class MAML:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         # Checkpoints from before rescale_actions existed acted in the env's own units (only Box actions are rescaled).
-        saved = state["config"].get("rescale_actions", False)
-        if isinstance(self.family.action_space, spaces.Box) and saved != self.config.rescale_actions:
-            raise ValueError(
-                f"the checkpoint's policy was trained with rescale_actions={saved}, this agent has "
-                f"rescale_actions={self.config.rescale_actions} (pass maml --{'' if saved else 'no-'}rescale-actions)"
-            )
+        if isinstance(self.family.action_space, spaces.Box):
+            check_saved_options(state["config"], self.config, [("rescale_actions", False)], "maml")
         self.policy.load_state_dict(state["policy"])
         with torch.no_grad():
             for k, v in state["inner_lrs"].items():

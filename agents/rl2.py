@@ -26,6 +26,7 @@ from gymnasium import spaces
 
 import metarl
 from agents.ppo import PPOSettings, ppo_update
+from metarl.checkpoint import check_saved_options
 from metarl.env import RescaledActions, TensorEnv
 from metarl.machine import synchronize
 from metarl.policies import GRUPolicy, init_parameters
@@ -284,14 +285,7 @@ class RL2:
         options = [("time_feature", False), ("encoder_size", None), ("head_size", None)]
         if isinstance(self.family.action_space, spaces.Box):
             options.append(("rescale_actions", False))
-        for name, absent in options:
-            saved, ours = state["config"].get(name, absent), getattr(self.config, name)
-            if saved != ours:
-                flag = name.replace("_", "-")
-                hint = f"--{'' if saved else 'no-'}{flag}" if isinstance(saved, bool) else f"--{flag} {saved}"
-                raise ValueError(
-                    f"the checkpoint's policy was trained with {name}={saved}, this agent has {name}={ours} (pass rl2 {hint})"
-                )
+        check_saved_options(state["config"], self.config, options, "rl2")
         self.policy.load_state_dict(state["policy"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.task_generator.set_state(state["task_generator"])

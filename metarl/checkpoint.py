@@ -26,6 +26,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,24 @@ def load_checkpoint(
     if not isinstance(state, dict):
         raise TypeError(f"{path} holds a {type(state).__name__}, not a checkpoint dict")
     return state
+
+
+def check_saved_options(saved_config: dict[str, Any], config: object, options: Iterable[tuple[str, Any]], command: str) -> None:
+    """Refuse a checkpoint whose ``saved_config`` differs from ``config`` in one of ``options``.
+
+    ``options`` are ``(name, absent)`` pairs: the config fields that shape the
+    network or what its actions mean, each with the value that checkpoints
+    saved before the field existed had. The error names the option, both
+    values and the ``command`` flag that makes the agent match the checkpoint.
+    """
+    for name, absent in options:
+        saved, ours = saved_config.get(name, absent), getattr(config, name)
+        if saved != ours:
+            flag = name.replace("_", "-")
+            hint = f"--{'' if saved else 'no-'}{flag}" if isinstance(saved, bool) else f"--{flag} {saved}"
+            raise ValueError(
+                f"the checkpoint's policy was trained with {name}={saved}, this agent has {name}={ours} (pass {command} {hint})"
+            )
 
 
 def checkpoint_dir(run_dir: str | os.PathLike[str]) -> Path:

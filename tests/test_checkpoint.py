@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from metarl.checkpoint import (
     LAST_NAME,
+    check_saved_options,
     checkpoint_dir,
     checkpoint_path,
     latest_checkpoint,
@@ -139,3 +142,22 @@ def test_stale_temp_files_of_a_killed_save_are_ignored_then_cleaned(tmp_path):
     assert latest_checkpoint(tmp_path) is None
     save_run_checkpoint(tmp_path, 30, {"step": 30})
     assert sorted(p.name for p in folder.iterdir()) == ["iter_000030.pt", LAST_NAME]
+
+
+@dataclasses.dataclass
+class _Options:
+    rescale_actions: bool = True
+    head_size: int | None = None
+
+
+def test_check_saved_options_names_the_option_and_the_flag_that_matches_the_checkpoint():
+    options = [("rescale_actions", False), ("head_size", None)]
+    check_saved_options({"rescale_actions": True, "head_size": None}, _Options(), options, "rl2")
+    with pytest.raises(
+        ValueError, match=r"rescale_actions=False, this agent has rescale_actions=True \(pass rl2 --no-rescale-actions\)"
+    ):
+        check_saved_options({}, _Options(), options, "rl2")  # saved before the option existed: its absent value
+    with pytest.raises(ValueError, match=r"head_size=64, this agent has head_size=None \(pass maml --head-size 64\)"):
+        check_saved_options({"rescale_actions": True, "head_size": 64}, _Options(), options, "maml")
+    with pytest.raises(ValueError, match=r"pass rl2 --rescale-actions"):
+        check_saved_options({"rescale_actions": True}, _Options(rescale_actions=False), options, "rl2")
