@@ -40,6 +40,10 @@ class PPOSettings:
     """Global gradient-norm clip."""
     bptt_length: int | None = None
     """Recurrent policies: steps per truncated-BPTT chunk (None: the whole rollout)."""
+    target_kl: float | None = None
+    """Stop the update's remaining minibatches once one's approximate KL from the rollout policy exceeds
+    1.5 x this, before its step (Stable-Baselines3's rule); None: always run every epoch. Not for stacked
+    per-task parameters (Reptile), whose tasks would need to stop at different minibatches."""
 
     def __post_init__(self) -> None:
         for name in ("epochs", "num_minibatches"):
@@ -52,6 +56,8 @@ class PPOSettings:
                 raise ValueError(f"{name} must be non-negative, got {getattr(self, name)!r}")
         if self.bptt_length is not None and self.bptt_length < 1:
             raise ValueError(f"bptt_length must be a positive int or None, got {self.bptt_length!r}")
+        if self.target_kl is not None and not self.target_kl > 0:
+            raise ValueError(f"target_kl must be positive or None, got {self.target_kl!r}")
 
 
 def replay_sequence(
@@ -132,6 +138,8 @@ def ppo_update(
     stacked_tasks = None if params is None else task_batch_size(policy, params)
     params = dict(policy.named_parameters()) if params is None else params
     num_tasks = stacked_tasks or 1
+    if stacked_tasks is not None and settings.target_kl is not None:
+        raise ValueError(f"target_kl={settings.target_kl} needs one learner; these parameters stack {stacked_tasks} tasks")
     recurrent = traj.hidden is not None
     steps = traj.num_steps
     length = (settings.bptt_length or steps) if recurrent else 1
@@ -155,7 +163,10 @@ def ppo_update(
         raise ValueError(f"{num_columns} sequences per task cannot fill {settings.num_minibatches} minibatches")
     totals = torch.zeros(5, device=traj.obs.device)  # policy loss, value loss, entropy, approx KL, clip fraction
     updates = 0
+    stopped = False
     for _ in range(settings.epochs):
+        if stopped:
+            break
         order = torch.randperm(num_columns, generator=generator, device="cpu").to(traj.obs.device)
         for batch in order.chunk(settings.num_minibatches):
             # (length, M * B, ...): task-major, the layout policy_forward splits by task.
@@ -171,6 +182,12 @@ def ppo_update(
 
             log_probs = per_task(dist.log_prob(dist_params, mb["actions"]))
             old_log_probs = per_task(mb["log_probs"])
+            # After the first step (an update always steps once); one host sync per minibatch, only when asked for.
+            if settings.target_kl is not None and updates > 0:
+                with torch.no_grad():
+                    if approx_kl_from_log_ratio(log_probs - old_log_probs).item() > 1.5 * settings.target_kl:
+                        stopped = True
+                        break
             adv = per_task(mb["advantages"])
             adv = (adv - adv.mean(1, keepdim=True)) / (adv.std(1, keepdim=True) + 1e-8)
             policy_loss = ppo_clip_loss(log_probs, old_log_probs, adv, settings.clip)
@@ -187,9 +204,18 @@ def ppo_update(
             optimizer.step()
             with torch.no_grad():
                 log_ratio = log_probs - old_log_probs
-                approx_kl = ((log_ratio.exp() - 1) - log_ratio).mean()
+                approx_kl = approx_kl_from_log_ratio(log_ratio)
                 clip_fraction = ((log_ratio.exp() - 1).abs() > settings.clip).float().mean()
                 totals += torch.stack([policy_loss.mean(), value_loss.mean(), entropy.mean(), approx_kl, clip_fraction])
             updates += 1
     names = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction")
-    return dict(zip(names, (totals / updates).tolist(), strict=True))
+    stats = dict(zip(names, (totals / updates).tolist(), strict=True))
+    if settings.target_kl is not None:
+        stats["minibatch_updates"] = float(updates)  # fewer than epochs x num_minibatches when the KL stop fired
+    return stats
+
+
+def approx_kl_from_log_ratio(log_ratio: torch.Tensor) -> torch.Tensor:
+    """Mean of ``(r - 1) - log r`` with ``r`` the probability ratio: an unbiased, non-negative estimate of
+    KL(old || new) from samples of the old policy (Schulman's "k3" estimator, also SB3's and CleanRL's)."""
+    return ((log_ratio.exp() - 1) - log_ratio).mean()

@@ -110,6 +110,11 @@ class ReptileConfig:
             raise ValueError(f"inner_learner must be 'native' or 'sb3', got {self.inner_learner!r}")
         if self.outer_optimizer not in ("sgd", "adam"):
             raise ValueError(f"outer_optimizer must be 'sgd' or 'adam', got {self.outer_optimizer!r}")
+        if self.inner_learner == "native" and self.ppo.target_kl is not None:
+            raise ValueError(
+                f"ppo.target_kl={self.ppo.target_kl} needs one PPO learner; the native inner learner steps "
+                "meta_batch_size tasks as one (use inner_learner='sb3', which stops each task on its own)"
+            )
         if any(h < 1 for h in self.hidden_sizes):
             raise ValueError(f"hidden_sizes must be positive, got {self.hidden_sizes!r}")
 
@@ -251,6 +256,7 @@ class SB3PPO:
             gae_lambda=cfg.gae_lambda,
             clip_range=cfg.ppo.clip,
             ent_coef=cfg.ppo.ent_coef,
+            target_kl=cfg.ppo.target_kl,
             vf_coef=cfg.ppo.vf_coef / 2,
             max_grad_norm=cfg.ppo.max_grad_norm,
             policy_kwargs=dict(net_arch=dict(pi=list(cfg.hidden_sizes), vf=list(cfg.hidden_sizes)), activation_fn=activation),

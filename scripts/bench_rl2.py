@@ -83,6 +83,7 @@ BANDIT_HYPERPARAMETERS = dict(
     reward_scale=1.0,
     ent_coef=0.01,
     bptt_length=None,
+    target_kl=0.0,
     time_feature=True,
     encoder_size=0,
     head_size=0,
@@ -97,6 +98,7 @@ CONTROL_HYPERPARAMETERS = dict(
     reward_scale=0.1,
     ent_coef=0.0,
     bptt_length=None,
+    target_kl=0.0,
     time_feature=False,
     encoder_size=0,
     head_size=0,
@@ -148,6 +150,9 @@ class BenchConfig:
     """Entropy bonus (default: the setting's own)."""
     bptt_length: int | None = None
     """Truncated-BPTT chunk length of the PPO update (default: the setting's own: whole trials)."""
+    target_kl: float | None = None
+    """Stop a PPO update early once a minibatch's approximate KL exceeds 1.5 x this (PPOSettings.target_kl;
+    default: the setting's own; 0: never)."""
     rescale_actions: bool = RL2Config.rescale_actions
     """Box actions in ``[-1, 1]`` mapped onto the box (RL2Config.rescale_actions); --no-rescale-actions acts in the
     env's units, as the runs before this flag did (control settings only)."""
@@ -199,6 +204,8 @@ class BenchConfig:
             size = getattr(self, name)
             if size is not None and (not isinstance(size, int) or size < 0):
                 raise ValueError(f"{name} must be a non-negative int (0: no such layer), got {size!r}")
+        if self.target_kl is not None and not self.target_kl >= 0:
+            raise ValueError(f"target_kl must be non-negative (0: no early stop), got {self.target_kl!r}")
         for name in ("snapshot_every", "validate_every"):
             every = getattr(self, name)
             if every is not None:
@@ -242,7 +249,13 @@ def make_agent(setting: Setting, config: BenchConfig, seed: int) -> RL2:
             gae_lambda=h["gae_lambda"],
             reward_scale=h["reward_scale"],
             eval_envs_per_task=config.trials_per_task,
-            ppo=PPOSettings(lr=h["lr"], vf_coef=h["vf_coef"], ent_coef=h["ent_coef"], bptt_length=h["bptt_length"]),
+            ppo=PPOSettings(
+                lr=h["lr"],
+                vf_coef=h["vf_coef"],
+                ent_coef=h["ent_coef"],
+                bptt_length=h["bptt_length"],
+                target_kl=h["target_kl"] or None,
+            ),
             device=config.device,
             seed=seed,
         )

@@ -127,6 +127,9 @@ def test_bench_rl2_flags_override_the_settings_own_hyperparameters(bench_rl2: Mo
     assert bench_rl2.make_agent(setting, bench_rl2.BenchConfig(**TINY_RL2_BENCH), seed=0).rescales_actions
     env_units = bench_rl2.BenchConfig(**TINY_RL2_BENCH, rescale_actions=False)
     assert not bench_rl2.make_agent(setting, env_units, seed=0).rescales_actions
+    assert bench_rl2.make_agent(setting, bench_rl2.BenchConfig(**TINY_RL2_BENCH), seed=0).config.ppo.target_kl is None
+    early_stop = bench_rl2.BenchConfig(**TINY_RL2_BENCH, target_kl=0.02)
+    assert bench_rl2.make_agent(setting, early_stop, seed=0).config.ppo.target_kl == 0.02
 
 
 @pytest.mark.parametrize(
@@ -146,6 +149,7 @@ def test_bench_rl2_flags_override_the_settings_own_hyperparameters(bench_rl2: Mo
         ({"validation_tasks": 0}, "validation_tasks must be a positive int, got 0"),
         ({"encoder_size": -1}, r"encoder_size must be a non-negative int \(0: no such layer\), got -1"),
         ({"head_size": -3}, "head_size must be a non-negative int"),
+        ({"target_kl": -0.01}, r"target_kl must be non-negative \(0: no early stop\), got -0.01"),
     ],
 )
 def test_bench_rl2_refuses_bad_flags_before_training(bench_rl2: ModuleType, flags: dict, named: str) -> None:

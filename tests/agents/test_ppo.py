@@ -1,0 +1,62 @@
+"""The shared PPO update's early stop on the approximate KL (PPOSettings.target_kl)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+import envs  # noqa: F401
+import metarl
+from agents.ppo import PPOSettings, ppo_update
+from agents.reptile import SB3PPO, Reptile, ReptileConfig
+from metarl.policies import MLPPolicy, init_parameters
+from metarl.rollout import collect, start
+
+SETTINGS = PPOSettings(epochs=3, num_minibatches=2, lr=0.05)
+
+
+def _update(settings: PPOSettings, stacked_tasks: int | None = None) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    """One ppo_update on a fixed Pendulum rollout from a fixed policy; returns its stats and the new parameters."""
+    env = metarl.make_env("metarl/Pendulum-v0", num_envs=4, seed=0, validate_actions=False)
+    policy = init_parameters(MLPPolicy(3, env.single_action_space, (8,), value_head=True), torch.Generator().manual_seed(0))
+    params = dict(policy.named_parameters())
+    if stacked_tasks is not None:
+        params = {k: v.detach().expand(stacked_tasks, *v.shape).clone().requires_grad_(True) for k, v in params.items()}
+    traj, _ = collect(env, policy, params, 8, start(env, policy), torch.Generator().manual_seed(1))
+    advantages = torch.randn(traj.rewards.shape, generator=torch.Generator().manual_seed(2))
+    optimizer = torch.optim.Adam(params.values(), lr=settings.lr)
+    stats = ppo_update(policy, optimizer, traj, advantages, advantages, settings, torch.Generator().manual_seed(3), params)
+    return stats, {k: v.detach().clone() for k, v in params.items()}
+
+
+def test_a_target_kl_never_reached_changes_nothing() -> None:
+    plain_stats, plain = _update(SETTINGS)
+    stats, params = _update(dataclasses.replace(SETTINGS, target_kl=1e9))
+    assert stats["minibatch_updates"] == SETTINGS.epochs * SETTINGS.num_minibatches
+    assert "minibatch_updates" not in plain_stats
+    for k in plain:
+        torch.testing.assert_close(params[k], plain[k], rtol=0, atol=0)
+
+
+def test_a_tiny_target_kl_stops_after_the_first_step() -> None:
+    """At step size 0.05 the policy moves after one step, so a KL bound of 1e-12 stops the rest (never the first)."""
+    _, before = _update(dataclasses.replace(SETTINGS, lr=1e-30))  # a step too small to move float32 parameters
+    _, full = _update(SETTINGS)
+    stats, params = _update(dataclasses.replace(SETTINGS, target_kl=1e-12))
+    assert stats["minibatch_updates"] == 1
+    assert any(not torch.equal(params[k], before[k]) for k in params)  # the first step was taken
+    assert any(not torch.equal(params[k], full[k]) for k in params)  # and the others were not
+
+
+def test_target_kl_is_refused_where_it_cannot_apply() -> None:
+    with pytest.raises(ValueError, match=r"target_kl must be positive or None, got 0"):
+        PPOSettings(target_kl=0)
+    with pytest.raises(ValueError, match=r"target_kl=0.01 needs one learner; these parameters stack 2 tasks"):
+        _update(dataclasses.replace(SETTINGS, target_kl=0.01), stacked_tasks=2)
+    small = dict(meta_batch_size=2, envs_per_task=2, rollout_steps=16, hidden_sizes=(8,))
+    with pytest.raises(ValueError, match=r"ppo.target_kl=0.01 needs one PPO learner.*inner_learner='sb3'"):
+        ReptileConfig(**small, ppo=PPOSettings(target_kl=0.01))
+    learner = SB3PPO(Reptile(ReptileConfig(**small, inner_learner="sb3", ppo=PPOSettings(target_kl=0.01))))
+    assert learner.model.target_kl == 0.01  # SB3's own PPO stops each task's update by the same rule
