@@ -182,12 +182,13 @@ def ppo_update(
 
             log_probs = per_task(dist.log_prob(dist_params, mb["actions"]))
             old_log_probs = per_task(mb["log_probs"])
+            with torch.no_grad():  # before the step: both the early stop and the stats read them
+                log_ratio = log_probs - old_log_probs
+                approx_kl = approx_kl_from_log_ratio(log_ratio)
             # After the first step (an update always steps once); one host sync per minibatch, only when asked for.
-            if settings.target_kl is not None and updates > 0:
-                with torch.no_grad():
-                    if approx_kl_from_log_ratio(log_probs - old_log_probs).item() > 1.5 * settings.target_kl:
-                        stopped = True
-                        break
+            if settings.target_kl is not None and updates > 0 and approx_kl.item() > 1.5 * settings.target_kl:
+                stopped = True
+                break
             adv = per_task(mb["advantages"])
             adv = (adv - adv.mean(1, keepdim=True)) / (adv.std(1, keepdim=True) + 1e-8)
             policy_loss = ppo_clip_loss(log_probs, old_log_probs, adv, settings.clip)
@@ -203,8 +204,6 @@ def ppo_update(
                 nn.utils.clip_grad_norm_(list(params.values()), settings.max_grad_norm)
             optimizer.step()
             with torch.no_grad():
-                log_ratio = log_probs - old_log_probs
-                approx_kl = approx_kl_from_log_ratio(log_ratio)
                 clip_fraction = ((log_ratio.exp() - 1).abs() > settings.clip).float().mean()
                 totals += torch.stack([policy_loss.mean(), value_loss.mean(), entropy.mean(), approx_kl, clip_fraction])
             updates += 1
