@@ -159,14 +159,14 @@ class RunOutcome:
 
 def train(config: TrainConfig) -> RunOutcome:
     """Meta-train (or resume), evaluate on held-out tasks, and write everything to the run directory."""
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
     resuming = config.resume is not None
     if resuming:
         run_dir = Path(config.resume)
         config = dataclasses.replace(load_run_config(run_dir), resume=run_dir, progress=config.progress)
     else:
         run_dir = config.run_dir or default_run_dir(config)
+    if config.threads is not None:  # the run's own setting, also on resume: the thread count changes CPU sums
+        torch.set_num_threads(config.threads)
     agent = make_agent(config.agent)  # refuses bad settings and unknown envs before any run directory is written
     stored = dataclasses.replace(config, resume=None, run_dir=run_dir)
     with RunLogger(run_dir, stored, project=config.project, comet=config.comet, resume=resuming) as logger:
