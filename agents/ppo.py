@@ -161,7 +161,7 @@ def ppo_update(
     num_columns = columns["obs"].shape[2]
     if num_columns < settings.num_minibatches:
         raise ValueError(f"{num_columns} sequences per task cannot fill {settings.num_minibatches} minibatches")
-    totals = torch.zeros(5, device=traj.obs.device)  # policy loss, value loss, entropy, approx KL, clip fraction
+    totals = torch.zeros(6, device=traj.obs.device)  # the stats named after the loop
     updates = 0
     stopped = False
     for _ in range(settings.epochs):
@@ -199,15 +199,18 @@ def ppo_update(
             optimizer.zero_grad()
             loss.backward()
             if stacked_tasks is not None:
-                clip_grad_norm_per_task(params, settings.max_grad_norm)
+                grad_norm = clip_grad_norm_per_task(params, settings.max_grad_norm).mean()
             else:
-                nn.utils.clip_grad_norm_(list(params.values()), settings.max_grad_norm)
+                grad_norm = nn.utils.clip_grad_norm_(list(params.values()), settings.max_grad_norm)
             optimizer.step()
             with torch.no_grad():
                 clip_fraction = ((log_ratio.exp() - 1).abs() > settings.clip).float().mean()
-                totals += torch.stack([policy_loss.mean(), value_loss.mean(), entropy.mean(), approx_kl, clip_fraction])
+                totals += torch.stack(
+                    [policy_loss.mean(), value_loss.mean(), entropy.mean(), approx_kl, clip_fraction, grad_norm.detach()]
+                )
             updates += 1
-    names = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction")
+    # grad_norm: the global gradient norm before clipping (per task, averaged, for stacked parameters).
+    names = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "grad_norm")
     stats = dict(zip(names, (totals / updates).tolist(), strict=True))
     if settings.target_kl is not None:
         stats["minibatch_updates"] = float(updates)  # fewer than epochs x num_minibatches when the KL stop fired

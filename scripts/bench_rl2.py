@@ -180,7 +180,8 @@ class BenchConfig:
     """Write every figure as JSON here."""
     save_dir: Path | None = None
     """Save each setting's trained agent here as ``SETTING.pt`` before it is scored, so that a lost scoring can be
-    re-run with --load-dir."""
+    re-run with --load-dir; every meta-iteration's metrics (losses, approximate KL, gradient norm, ...) go to
+    ``SETTING-metrics.jsonl`` beside it, one JSON object per line."""
     snapshot_every: int | None = None
     """With --save-dir: also save the agent every this many meta-iterations, as ``SETTING/iter_NNNNN.pt``."""
     validate_every: int | None = None
@@ -471,6 +472,10 @@ def run_setting(name: str, config: BenchConfig) -> dict[str, object]:
         validation_scores.append((iterations, keep_if_best(agent, validation, iterations, best_path)))
         print(f"  iteration {iterations:5d}: validation score {validation_scores[-1][1]:9.3f}", flush=True)
 
+    metrics_file = None
+    if config.save_dir is not None:
+        config.save_dir.mkdir(parents=True, exist_ok=True)
+        metrics_file = (config.save_dir / f"{name}-metrics.jsonl").open("w")
     began, iterations, budget = time.perf_counter(), 0, config.minutes * 60
     phases: dict[str, list[float]] = {"seconds_sampling": [], "seconds_update": []}
     while iterations == 0 or time.perf_counter() - began < budget:  # at least one iteration
@@ -479,6 +484,9 @@ def run_setting(name: str, config: BenchConfig) -> dict[str, object]:
                 group["lr"] = annealed_lr(agent.config.ppo.lr, time.perf_counter() - began, budget, config.anneal_lr_start)
         metrics = agent.meta_train_step()
         iterations += 1
+        if metrics_file is not None:
+            metrics_file.write(json.dumps({"iteration": iterations, **metrics}) + "\n")
+            metrics_file.flush()
         if config.snapshot_every is not None and config.save_dir is not None and iterations % config.snapshot_every == 0:
             save_checkpoint(config.save_dir / name / f"iter_{iterations:05d}.pt", agent.state_dict())
         if validation is not None and iterations % validation.every == 0:
@@ -500,8 +508,9 @@ def run_setting(name: str, config: BenchConfig) -> dict[str, object]:
     )
     if validation is not None and iterations % validation.every != 0:  # the last iterate is a candidate too
         validate(validation, best_path)
+    if metrics_file is not None:
+        metrics_file.close()
     if config.save_dir is not None:
-        config.save_dir.mkdir(parents=True, exist_ok=True)
         save_checkpoint(config.save_dir / f"{name}.pt", agent.state_dict())
     agents, best = with_best_iterate(agent, setting, config, best_path)
     return {

@@ -67,6 +67,9 @@ def test_bench_rl2_validates_and_scores_the_best_iterate_beside_the_last(bench_r
         validation_tasks=5,
     )
     report = bench_rl2.main(config)["settings"]["bandit-k5-n10"]
+    logged = [json.loads(line) for line in (tmp_path / "agents" / "bandit-k5-n10-metrics.jsonl").read_text().splitlines()]
+    assert [row["iteration"] for row in logged] == [1]  # one line per meta-iteration
+    assert {"trial_return", "value_loss", "approx_kl", "grad_norm"} <= logged[0].keys()
     assert [step for step, _ in report["validation_scores"]] == [1]
     assert report["best_iteration"] == 1 and report["best_validation_score"] == report["validation_scores"][0][1]
     assert {"RL2", "RL2 (mode)", "RL2 (best iterate)", "RL2 (best iterate) (mode)", "Gittins"} <= report["results"].keys()

@@ -1,4 +1,4 @@
-"""The shared PPO update's early stop on the approximate KL (PPOSettings.target_kl)."""
+"""The shared PPO update's early stop on the approximate KL (PPOSettings.target_kl) and its gradient-norm stat."""
 
 from __future__ import annotations
 
@@ -17,8 +17,11 @@ from metarl.rollout import collect, start
 SETTINGS = PPOSettings(epochs=3, num_minibatches=2, lr=0.05)
 
 
-def _update(settings: PPOSettings, stacked_tasks: int | None = None) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
-    """One ppo_update on a fixed Pendulum rollout from a fixed policy; returns its stats and the new parameters."""
+def _update(
+    settings: PPOSettings, stacked_tasks: int | None = None, sgd: bool = False
+) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    """One ppo_update on a fixed Pendulum rollout from a fixed policy; returns its stats and the new parameters.
+    ``sgd``: step with plain SGD instead of Adam."""
     env = metarl.make_env("metarl/Pendulum-v0", num_envs=4, seed=0, validate_actions=False)
     policy = init_parameters(MLPPolicy(3, env.single_action_space, (8,), value_head=True), torch.Generator().manual_seed(0))
     params = dict(policy.named_parameters())
@@ -26,7 +29,7 @@ def _update(settings: PPOSettings, stacked_tasks: int | None = None) -> tuple[di
         params = {k: v.detach().expand(stacked_tasks, *v.shape).clone().requires_grad_(True) for k, v in params.items()}
     traj, _ = collect(env, policy, params, 8, start(env, policy), torch.Generator().manual_seed(1))
     advantages = torch.randn(traj.rewards.shape, generator=torch.Generator().manual_seed(2))
-    optimizer = torch.optim.Adam(params.values(), lr=settings.lr)
+    optimizer = (torch.optim.SGD if sgd else torch.optim.Adam)(params.values(), lr=settings.lr)
     stats = ppo_update(policy, optimizer, traj, advantages, advantages, settings, torch.Generator().manual_seed(3), params)
     return stats, {k: v.detach().clone() for k, v in params.items()}
 
@@ -60,3 +63,15 @@ def test_target_kl_is_refused_where_it_cannot_apply() -> None:
         ReptileConfig(**small, ppo=PPOSettings(target_kl=0.01))
     learner = SB3PPO(Reptile(ReptileConfig(**small, inner_learner="sb3", ppo=PPOSettings(target_kl=0.01))))
     assert learner.model.target_kl == 0.01  # SB3's own PPO stops each task's update by the same rule
+
+
+def test_grad_norm_is_the_gradient_norm_before_clipping() -> None:
+    """One SGD step of size 1 moves the parameters by minus the gradient, so the step's length is the norm that
+    the stat reports, however hard the clip then scales the gradient down."""
+    _, before = _update(dataclasses.replace(SETTINGS, lr=1e-30), sgd=True)
+    for max_grad_norm, clipped in ((1e9, False), (1e-3, True)):
+        settings = PPOSettings(epochs=1, num_minibatches=1, lr=1.0, max_grad_norm=max_grad_norm)
+        stats, after = _update(settings, sgd=True)
+        step = torch.cat([(after[k] - before[k]).flatten() for k in before]).norm().item()
+        assert stats["grad_norm"] > 1e-2
+        assert step == pytest.approx(max_grad_norm if clipped else stats["grad_norm"], rel=1e-3)

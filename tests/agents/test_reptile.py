@@ -115,7 +115,7 @@ def test_shared_ppo_update_is_unchanged_for_a_plain_module() -> None:
     traj, _ = collect(env, policy, dict(policy.named_parameters()), 8, start(env, policy), torch.Generator().manual_seed(1))
     adv = torch.randn(traj.rewards.shape, generator=torch.Generator().manual_seed(2))
     stats = ppo_update(policy, torch.optim.Adam(policy.parameters(), lr=1e-2), traj, adv, adv, TINY_PPO, torch.Generator())
-    assert set(stats) == {"policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction"}
+    assert set(stats) == {"policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "grad_norm"}
     assert all(not torch.equal(before[k], v) for k, v in policy.named_parameters())
 
 
