@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import re
 import statistics
 import time
 from pathlib import Path
@@ -37,6 +38,8 @@ from typing import Any, Literal, NamedTuple
 
 import torch
 import tyro
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 import envs  # noqa: F401  (registers the built-in task families)
 from agents.ppo import PPOSettings
@@ -45,6 +48,7 @@ from envs.navigation import Navigation2D
 from envs.reference_policies import reference_learners
 from metarl.checkpoint import load_checkpoint, save_checkpoint
 from metarl.evaluation import EvalConfig, evaluate, held_out_tasks, mean_ci, oracle_returns
+from metarl.files import atomic_write
 from metarl.machine import machine_info
 from metarl.rollout import collect, start
 from metarl.schedules import linear_anneal
@@ -190,6 +194,9 @@ class BenchConfig:
     and the last iterate are then scored on the held-out tasks (rows "RL2 (best iterate)")."""
     validation_tasks: int = 1000
     """Tasks of the training split that --validate-every scores, --trials-per-task trials each."""
+    plot_dir: Path | None = None
+    """Navigation2D: draw one trial on each of the first held-out goals for each RL² agent (sampled and most likely
+    actions) here, as ``navigation2d-NAME.png``."""
     load_dir: Path | None = None
     """Score the agents saved in this directory by --save-dir instead of training (--minutes is then unused). Give
     the flags that shape the network as in the saved run (--hidden-size, --encoder-size, --head-size,
@@ -313,9 +320,47 @@ def against_reference_policies(agents: dict[str, RL2], setting: Setting, config:
     return rows
 
 
+PLOTTED_TASKS = 8
+"""Navigation2D: held-out goals whose trials --plot-dir draws."""
+
 STRAIGHT_TOLERANCE = 0.05
 """Navigation2D: an episode went straight to the goal if, after as many steps as the straight path needs, it is
 within this distance of the goal (half of one step's reach; goals lie 0.38 from the start on average)."""
+
+
+class NavigationTrials(NamedTuple):
+    """:func:`play_navigation_trials`'s record of one trial per env, each ``(T, tasks x trials, ...)`` over the
+    rollout's steps (the trial's own, then the start of the next, which no measure reads)."""
+
+    position: torch.Tensor
+    """The robot's position after each step ``(T, N, 2)``."""
+    reward: torch.Tensor
+    """Each step's reward: minus the distance to the goal after it ``(T, N)``."""
+    episode: torch.Tensor
+    """The episode of the trial each step belongs to (``episodes_per_trial`` and above: a later trial)."""
+    step_in_episode: torch.Tensor
+    """The step's index within its episode, from 0."""
+    ended: torch.Tensor
+    """Whether the step ended its episode (inside the goal's box or at the step limit)."""
+
+
+def play_navigation_trials(agent: RL2, tasks: Tasks, trials_per_task: int, deterministic: bool, seed: int) -> NavigationTrials:
+    """Navigation2D: play ``trials_per_task`` trials of each task (in task order, trials side by side) with the
+    engine's rollout, and record where each episode of each trial went."""
+    if not isinstance(agent.family, Navigation2D):
+        raise TypeError(f"Navigation2D trials need a Navigation2D agent, got {type(agent.family).__name__}")
+    env = agent.trial_env(len(tasks) * trials_per_task, agent.config.episodes_per_trial, seed=seed)
+    env.set_tasks(tasks.repeat_interleave(trials_per_task))
+    params = {k: v.detach() for k, v in agent.policy.named_parameters()}
+    actions = torch.Generator(device=agent.device).manual_seed(seed)
+    traj, _ = collect(env, agent.policy, params, agent.trial_steps, start(env, agent.policy, seed=seed), actions, deterministic)
+    ended = env.episode_ended(traj.final_obs)  # episode ends, not only trial ends (traj.done)
+    t = torch.arange(traj.num_steps, device=ended.device).unsqueeze(1).expand_as(ended)
+    begins = torch.cat([torch.ones_like(ended[:1]), ended[:-1]])
+    step_in_episode = t - torch.where(begins, t, 0).cummax(0).values
+    episode = ended.long().cumsum(0) - ended.long()
+    position = traj.final_obs[..., :2]  # the trial observation starts with the env's own: the position
+    return NavigationTrials(position, traj.rewards, episode, step_in_episode, ended)
 
 
 class StraightPath(NamedTuple):
@@ -332,34 +377,49 @@ class StraightPath(NamedTuple):
 def distance_after_straight_path(agent: RL2, tasks: Tasks, trials_per_task: int, deterministic: bool, seed: int) -> StraightPath:
     """Navigation2D: the distance to the goal of each episode of a trial after as many steps as the straight path
     needs (the oracle's, ``ceil(max_i |goal_i| / max step)``): about 0 when the episode goes straight to the goal;
-    and the episode's length, to set beside those steps.
-
-    Plays ``trials_per_task`` trials of each task with the engine's rollout.
+    and the episode's length, to set beside those steps (:func:`play_navigation_trials` plays the trials).
     """
-    if not isinstance(agent.family, Navigation2D):
-        raise TypeError(f"distance_after_straight_path needs Navigation2D, got {type(agent.family).__name__}")
+    played = play_navigation_trials(agent, tasks, trials_per_task, deterministic, seed)
     episodes = agent.config.episodes_per_trial
-    env = agent.trial_env(len(tasks) * trials_per_task, episodes, seed=seed)
-    tasks = tasks.repeat_interleave(trials_per_task)
-    env.set_tasks(tasks)
-    params = {k: v.detach() for k, v in agent.policy.named_parameters()}
-    actions = torch.Generator(device=agent.device).manual_seed(seed)
-    traj, _ = collect(env, agent.policy, params, agent.trial_steps, start(env, agent.policy, seed=seed), actions, deterministic)
+    goals = tasks.goal.to(agent.device).repeat_interleave(trials_per_task, dim=0)
     max_step = float(agent.family.action_space.high.min())
-    straight_steps = torch.ceil(tasks.goal.to(agent.device).abs().amax(-1) / max_step - 1e-6).clamp(min=1)
-    ended = env.episode_ended(traj.final_obs)  # episode ends, not only trial ends (traj.done)
-    t = torch.arange(traj.num_steps, device=ended.device).unsqueeze(1).expand_as(ended)
-    begins = torch.cat([torch.ones_like(ended[:1]), ended[:-1]])
-    step_in_episode = t - torch.where(begins, t, 0).cummax(0).values
-    episode = ended.long().cumsum(0) - ended.long()
-    in_episode = episode == torch.arange(episodes, device=ended.device).view(-1, 1, 1)  # (episodes, T, N)
+    straight_steps = torch.ceil(goals.abs().amax(-1) / max_step - 1e-6).clamp(min=1)
+    ended, step_in_episode = played.ended, played.step_in_episode
+    in_episode = played.episode == torch.arange(episodes, device=ended.device).view(-1, 1, 1)  # (episodes, T, N)
     # The straight path's last step, or the episode's own if it ended sooner (within the goal's box).
     at = (step_in_episode == straight_steps - 1) | (ended & (step_in_episode < straight_steps - 1))
     at = at.unsqueeze(0) & in_episode
     if not bool((at.sum(1) == 1).all()):  # a trial's episodes all end within its steps, so one step each
         raise RuntimeError("expected one straight-path step per episode and trial")
     steps = (ended.unsqueeze(0) & in_episode).mul(step_in_episode + 1).sum(1)  # each episode's length, at its end
-    return StraightPath((at * -traj.rewards).sum(1).cpu(), steps.cpu(), straight_steps.expand_as(steps).cpu())
+    return StraightPath((at * -played.reward).sum(1).cpu(), steps.cpu(), straight_steps.expand_as(steps).cpu())
+
+
+def plot_navigation_paths(agent: RL2, tasks: Tasks, path: Path, deterministic: bool = False, seed: int = 0) -> Path:
+    """Draw one trial's path per task (each episode in its own colour, from the origin) beside its goal's box, one
+    panel per task, to a PNG: whether the later episodes go straight to the goal is then plain to see."""
+    played = play_navigation_trials(agent, tasks, 1, deterministic, seed)
+    position, episode = played.position.cpu(), played.episode.cpu()
+    episodes = agent.config.episodes_per_trial
+    columns = min(len(tasks), 4)
+    rows = -(-len(tasks) // columns)
+    fig = Figure(figsize=(3 * columns, 3 * rows), layout="constrained")  # no pyplot: no global backend or state
+    for i, goal in enumerate(tasks.goal.cpu()):
+        ax = fig.add_subplot(rows, columns, i + 1)
+        for e in range(episodes):
+            steps = position[episode[:, i] == e, i]
+            xy = torch.cat([torch.zeros(1, 2), steps])  # every episode starts at the origin
+            ax.plot(xy[:, 0], xy[:, 1], marker=".", markersize=3, linewidth=1, label=f"episode {e + 1} ({len(steps)} steps)")
+        box = 0.01  # Navigation2D ends an episode within this of the goal on both axes
+        ax.add_patch(Rectangle((goal[0] - box, goal[1] - box), 2 * box, 2 * box, color="black"))
+        ax.plot([0, goal[0]], [0, goal[1]], color="black", linestyle=":", linewidth=0.8)
+        ax.set_aspect("equal")
+        ax.set_xlim(-0.6, 0.6)
+        ax.set_ylim(-0.6, 0.6)
+        ax.legend(fontsize=6, loc="lower left")
+        ax.set_title(f"goal ({goal[0]:.2f}, {goal[1]:.2f})", fontsize=8)
+    fig.suptitle(f"RL² on held-out Navigation2D goals ({'most likely' if deterministic else 'sampled'} actions)")
+    return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
 
 
 def straight_path_rows(learners: dict[str, tuple[RL2, bool]], tasks: Tasks) -> dict[str, dict[str, list[float]]]:
@@ -412,6 +472,10 @@ def per_episode(agents: dict[str, RL2], setting: Setting, config: BenchConfig) -
     if isinstance(family, Navigation2D):
         played = {**sampled_and_mode(agents), "untrained RL2": (untrained, False)}
         rows["straight_path"] = straight_path_rows(played, tasks)
+        if config.plot_dir is not None:
+            for name, (agent, deterministic) in sampled_and_mode(agents).items():
+                png = config.plot_dir / f"navigation2d-{re.sub(r'[^a-z0-9]+', '-', name.lower()).strip('-')}.png"
+                print(f"  paths: {plot_navigation_paths(agent, tasks[:PLOTTED_TASKS], png, deterministic)}")
     return rows
 
 

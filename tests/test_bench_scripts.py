@@ -115,6 +115,33 @@ def test_straight_path_distance_follows_each_episode_of_a_trial(bench_rl2: Modul
     assert row["median_steps"] == [3.0, 3.0]  # torch's median: the lower middle of 2, 2, 3, 3, 100, 100, 100, 100
 
 
+def test_navigation_trials_record_each_episodes_path_and_plot_it(bench_rl2: ModuleType, tmp_path: Path) -> None:
+    """The (+0.1, +0.1) policy again: on the goal (0.2, 0.2) each episode is the two steps (0.1, 0.1), (0.2, 0.2)
+    from the origin; on (0.3, 0) the first episode walks the diagonal until its 100-step limit."""
+    from PIL import Image
+
+    from agents.rl2 import RL2, RL2Config
+    from envs.navigation import NavigationTasks
+
+    agent = RL2(RL2Config(env_id="metarl/Navigation2D-v0", episodes_per_trial=2, num_envs=4, hidden_size=4))
+    with torch.no_grad():
+        for parameter in agent.policy.parameters():
+            parameter.zero_()
+        agent.policy.actor.bias.fill_(1.0)
+    tasks = NavigationTasks(goal=torch.tensor([[0.2, 0.2], [0.3, 0.0]]))
+    played = bench_rl2.play_navigation_trials(agent, tasks, trials_per_task=1, deterministic=True, seed=0)
+    diagonal = torch.tensor([[0.1, 0.1], [0.2, 0.2]])
+    torch.testing.assert_close(played.position[:4, 0], torch.cat([diagonal, diagonal]))
+    assert played.episode[:5, 0].tolist() == [0, 0, 1, 1, 2]  # the fifth step begins the next trial
+    assert played.ended[:4, 0].tolist() == [False, True, False, True]
+    assert played.step_in_episode[:4, 0].tolist() == [0, 1, 0, 1]
+    torch.testing.assert_close(played.position[99, 1], torch.tensor([10.0, 10.0]))
+    assert bool(played.ended[99, 1]) and int(played.episode[99, 1]) == 0 and int(played.episode[100, 1]) == 1
+    png = bench_rl2.plot_navigation_paths(agent, tasks, tmp_path / "paths.png", deterministic=True)
+    with Image.open(png) as image:
+        assert image.format == "PNG" and image.width > image.height > 0  # two panels side by side
+
+
 def test_bench_gpu_refuses_an_unknown_part_before_running_anything(tmp_path: Path) -> None:
     script = Path(__file__).resolve().parents[1] / "scripts" / "bench_gpu.sh"
     done = subprocess.run(["bash", str(script), str(tmp_path), "tests", "rl2-k5n10x"], capture_output=True, text=True, timeout=60)
