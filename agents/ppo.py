@@ -44,6 +44,14 @@ class PPOSettings:
     """Stop the update's remaining minibatches once one's approximate KL from the rollout policy exceeds
     1.5 x this, before its step (Stable-Baselines3's rule); None: always run every epoch. Not for stacked
     per-task parameters (Reptile), whose tasks would need to stop at different minibatches."""
+    desired_kl: float | None = None
+    """Adapt the step size to keep each update near this approximate KL from the rollout policy: before every minibatch's
+    step but the update's first (whose KL is 0), divide it by 1.5 where that minibatch's KL exceeds twice this,
+    multiply it by 1.5 where the KL is under half of it, within :data:`ADAPTIVE_LR_BOUNDS` (rsl_rl's adaptive
+    schedule, Rudin et al. 2022, "Learning to Walk in Minutes"). The step size carries over from update to update in
+    the optimizer (and its checkpoints); ``lr`` is where it starts. A fixed step size moves a Gaussian's mean by
+    about the same amount every update, which costs ever more KL as the standard deviation shrinks; this holds the
+    KL instead. None: the step size is left alone. Not for stacked per-task parameters (as ``target_kl``)."""
 
     def __post_init__(self) -> None:
         for name in ("epochs", "num_minibatches"):
@@ -56,8 +64,24 @@ class PPOSettings:
                 raise ValueError(f"{name} must be non-negative, got {getattr(self, name)!r}")
         if self.bptt_length is not None and self.bptt_length < 1:
             raise ValueError(f"bptt_length must be a positive int or None, got {self.bptt_length!r}")
-        if self.target_kl is not None and not self.target_kl > 0:
-            raise ValueError(f"target_kl must be positive or None, got {self.target_kl!r}")
+        for name in ("target_kl", "desired_kl"):
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive or None, got {getattr(self, name)!r}")
+
+
+ADAPTIVE_LR_BOUNDS = (1e-5, 1e-2)
+"""The range :attr:`PPOSettings.desired_kl` keeps the step size in (rsl_rl's)."""
+
+
+def adapt_lr(optimizer: torch.optim.Optimizer, kl: float, desired_kl: float) -> None:
+    """:attr:`PPOSettings.desired_kl`'s rule: shrink every group's step size by 1.5 when ``kl`` exceeds twice
+    ``desired_kl``, grow it by 1.5 when ``kl`` is under half of it, within :data:`ADAPTIVE_LR_BOUNDS`."""
+    low, high = ADAPTIVE_LR_BOUNDS
+    for group in optimizer.param_groups:
+        if kl > 2 * desired_kl:
+            group["lr"] = max(group["lr"] / 1.5, low)
+        elif kl < desired_kl / 2:
+            group["lr"] = min(group["lr"] * 1.5, high)
 
 
 def replay_sequence(
@@ -138,8 +162,12 @@ def ppo_update(
     stacked_tasks = None if params is None else task_batch_size(policy, params)
     params = dict(policy.named_parameters()) if params is None else params
     num_tasks = stacked_tasks or 1
-    if stacked_tasks is not None and settings.target_kl is not None:
-        raise ValueError(f"target_kl={settings.target_kl} needs one learner; these parameters stack {stacked_tasks} tasks")
+    if stacked_tasks is not None:
+        for name in ("target_kl", "desired_kl"):
+            if getattr(settings, name) is not None:
+                raise ValueError(
+                    f"{name}={getattr(settings, name)} needs one learner; these parameters stack {stacked_tasks} tasks"
+                )
     recurrent = traj.hidden is not None
     steps = traj.num_steps
     length = (settings.bptt_length or steps) if recurrent else 1
@@ -189,6 +217,8 @@ def ppo_update(
             if settings.target_kl is not None and updates > 0 and approx_kl.item() > 1.5 * settings.target_kl:
                 stopped = True
                 break
+            if settings.desired_kl is not None and updates > 0:  # the first minibatch's KL is 0 by construction
+                adapt_lr(optimizer, approx_kl.item(), settings.desired_kl)
             adv = per_task(mb["advantages"])
             adv = (adv - adv.mean(1, keepdim=True)) / (adv.std(1, keepdim=True) + 1e-8)
             policy_loss = ppo_clip_loss(log_probs, old_log_probs, adv, settings.clip)

@@ -115,6 +115,11 @@ class ReptileConfig:
                 f"ppo.target_kl={self.ppo.target_kl} needs one PPO learner; the native inner learner steps "
                 "meta_batch_size tasks as one (use inner_learner='sb3', which stops each task on its own)"
             )
+        if self.ppo.desired_kl is not None:
+            raise ValueError(
+                f"ppo.desired_kl={self.ppo.desired_kl} is not supported by Reptile: each task's inner PPO would need a "
+                "step size of its own (the native learner steps all tasks as one; SB3's PPO has no KL-adaptive schedule)"
+            )
         if any(h < 1 for h in self.hidden_sizes):
             raise ValueError(f"hidden_sizes must be positive, got {self.hidden_sizes!r}")
 

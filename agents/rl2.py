@@ -101,6 +101,11 @@ class RL2Config:
                 raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)!r}")
         if not self.reward_scale > 0:
             raise ValueError(f"reward_scale must be positive, got {self.reward_scale!r}")
+        if self.lr_anneal_iterations is not None and self.ppo.desired_kl is not None:
+            raise ValueError(
+                f"lr_anneal_iterations={self.lr_anneal_iterations} and ppo.desired_kl={self.ppo.desired_kl} both set the "
+                "step size; choose one"
+            )
         if self.num_envs < self.ppo.num_minibatches:
             raise ValueError(f"num_envs ({self.num_envs}) must be at least ppo.num_minibatches ({self.ppo.num_minibatches})")
 

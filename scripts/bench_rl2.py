@@ -88,6 +88,7 @@ BANDIT_HYPERPARAMETERS = dict(
     ent_coef=0.01,
     bptt_length=None,
     target_kl=0.0,
+    desired_kl=0.0,
     time_feature=True,
     encoder_size=0,
     head_size=0,
@@ -103,6 +104,7 @@ CONTROL_HYPERPARAMETERS = dict(
     ent_coef=0.0,
     bptt_length=None,
     target_kl=0.0,
+    desired_kl=0.0,
     time_feature=False,
     encoder_size=0,
     head_size=0,
@@ -157,6 +159,9 @@ class BenchConfig:
     target_kl: float | None = None
     """Stop a PPO update early once a minibatch's approximate KL exceeds 1.5 x this (PPOSettings.target_kl;
     default: the setting's own; 0: never)."""
+    desired_kl: float | None = None
+    """Adapt the step size to keep each PPO update near this approximate KL (PPOSettings.desired_kl; default: the
+    setting's own; 0: a fixed step size)."""
     rescale_actions: bool = RL2Config.rescale_actions
     """Box actions in ``[-1, 1]`` mapped onto the box (RL2Config.rescale_actions); --no-rescale-actions acts in the
     env's units, as the runs before this flag did (control settings only)."""
@@ -214,6 +219,8 @@ class BenchConfig:
                 raise ValueError(f"{name} must be a non-negative int (0: no such layer), got {size!r}")
         if self.target_kl is not None and not self.target_kl >= 0:
             raise ValueError(f"target_kl must be non-negative (0: no early stop), got {self.target_kl!r}")
+        if self.desired_kl is not None and not self.desired_kl >= 0:
+            raise ValueError(f"desired_kl must be non-negative (0: a fixed step size), got {self.desired_kl!r}")
         for name in ("snapshot_every", "validate_every"):
             every = getattr(self, name)
             if every is not None:
@@ -227,6 +234,9 @@ class BenchConfig:
         unknown = set(self.settings) - set(SETTINGS)
         if unknown:
             raise ValueError(f"unknown settings {sorted(unknown)}; choose from {sorted(SETTINGS)}")
+        adaptive = [name for name in self.settings if hyperparameters(SETTINGS[name], self)["desired_kl"]]
+        if self.anneal_lr and adaptive:
+            raise ValueError(f"--anneal-lr and desired_kl both set the step size of {adaptive}; give --desired-kl 0 or drop one")
         if self.load_dir is not None:
             missing = [name for name in self.settings if not (self.load_dir / f"{name}.pt").is_file()]
             if missing:
@@ -263,6 +273,7 @@ def make_agent(setting: Setting, config: BenchConfig, seed: int) -> RL2:
                 ent_coef=h["ent_coef"],
                 bptt_length=h["bptt_length"],
                 target_kl=h["target_kl"] or None,
+                desired_kl=h["desired_kl"] or None,
             ),
             device=config.device,
             seed=seed,
