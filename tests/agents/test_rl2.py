@@ -85,6 +85,8 @@ def test_step_size_decays_linearly_to_zero_over_the_anneal_iterations_and_resume
     assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(0.5 * lr)
     with pytest.raises(ValueError, match="lr_anneal_iterations"):
         RL2Config(**TINY, lr_anneal_iterations=0)
+    with pytest.raises(ValueError, match=r"lr_anneal_iterations=4 and ppo.desired_kl=0.01 both set the step size"):
+        RL2Config(**{**TINY, "ppo": PPOSettings(desired_kl=0.01)}, lr_anneal_iterations=4)
 
 
 def test_time_feature_widens_the_input_and_checkpoints_must_agree_on_it() -> None:
