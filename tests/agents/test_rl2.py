@@ -10,7 +10,7 @@ import torch
 
 import envs  # noqa: F401
 import metarl
-from agents.ppo import PPOSettings, _task_columns, replay_sequence
+from agents.ppo import ADAPTIVE_LR_BOUNDS, PPOSettings, _task_columns, replay_sequence
 from agents.rl2 import RL2, RL2Config
 from metarl.policies import GRUPolicy, init_parameters
 from metarl.returns import gae
@@ -87,6 +87,24 @@ def test_step_size_decays_linearly_to_zero_over_the_anneal_iterations_and_resume
         RL2Config(**TINY, lr_anneal_iterations=0)
     with pytest.raises(ValueError, match=r"lr_anneal_iterations=4 and ppo.desired_kl=0.01 both set the step size"):
         RL2Config(**{**TINY, "ppo": PPOSettings(desired_kl=0.01)}, lr_anneal_iterations=4)
+
+
+def test_an_adapted_step_size_carries_over_updates_and_resumes() -> None:
+    config = RL2Config(**{**TINY, "ppo": PPOSettings(num_minibatches=2, epochs=2, desired_kl=1e9)})
+    straight = RL2(config)
+    used = [straight.meta_train_step()["lr"] for _ in range(3)]
+    lr = config.ppo.lr
+    # 3 of an update's 4 minibatches grow it (the first's KL is 0), up to the ceiling.
+    assert used == pytest.approx([lr * 1.5**3, lr * 1.5**6, ADAPTIVE_LR_BOUNDS[1]])
+    first = RL2(config)
+    first.meta_train_step()
+    resumed = RL2(config)
+    resumed.load_state_dict(first.state_dict())
+    assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(lr * 1.5**3)
+    for _ in range(2):
+        resumed.meta_train_step()
+    for a, b in zip(straight.policy.parameters(), resumed.policy.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_time_feature_widens_the_input_and_checkpoints_must_agree_on_it() -> None:
