@@ -160,10 +160,11 @@ def test_bench_rl2_flags_override_the_settings_own_hyperparameters(bench_rl2: Mo
     assert bench_rl2.make_agent(setting, bench_rl2.BenchConfig(**TINY_RL2_BENCH), seed=0).config.ppo.target_kl is None
     early_stop = bench_rl2.BenchConfig(**TINY_RL2_BENCH, target_kl=0.02)
     assert bench_rl2.make_agent(setting, early_stop, seed=0).config.ppo.target_kl == 0.02
-    adaptive = bench_rl2.BenchConfig(**TINY_RL2_BENCH, desired_kl=0.01)
-    assert bench_rl2.make_agent(setting, adaptive, seed=0).config.ppo.desired_kl == 0.01
-    fixed = bench_rl2.BenchConfig(**TINY_RL2_BENCH, desired_kl=0)
+    assert bench_rl2.make_agent(setting, bench_rl2.BenchConfig(**TINY_RL2_BENCH), seed=0).config.ppo.desired_kl == 0.01
+    fixed = bench_rl2.BenchConfig(**TINY_RL2_BENCH, desired_kl=0, anneal_lr=True)  # a fixed step size may be annealed
     assert bench_rl2.make_agent(setting, fixed, seed=0).config.ppo.desired_kl is None
+    pendulum = bench_rl2.BenchConfig(**TINY_RL2_BENCH, desired_kl=0.02)
+    assert bench_rl2.make_agent(bench_rl2.SETTINGS["pendulum"], pendulum, seed=0).config.ppo.desired_kl == 0.02
 
 
 @pytest.mark.parametrize(
@@ -186,7 +187,7 @@ def test_bench_rl2_flags_override_the_settings_own_hyperparameters(bench_rl2: Mo
         ({"target_kl": -0.01}, r"target_kl must be non-negative \(0: no early stop\), got -0.01"),
         ({"desired_kl": -0.01}, r"desired_kl must be non-negative \(0: a fixed step size\), got -0.01"),
         (
-            {"settings": ("navigation2d",), "desired_kl": 0.01, "anneal_lr": True},
+            {"settings": ("bandit-k5-n10", "navigation2d"), "anneal_lr": True},  # Navigation2D adapts its step size
             r"--anneal-lr and desired_kl both set the step size of \['navigation2d'\]",
         ),
     ],
