@@ -165,6 +165,8 @@ def test_bench_rl2_flags_override_the_settings_own_hyperparameters(bench_rl2: Mo
     assert bench_rl2.make_agent(setting, fixed, seed=0).config.ppo.desired_kl is None
     pendulum = bench_rl2.BenchConfig(**TINY_RL2_BENCH, desired_kl=0.02)
     assert bench_rl2.make_agent(bench_rl2.SETTINGS["pendulum"], pendulum, seed=0).config.ppo.desired_kl == 0.02
+    bandits = bench_rl2.make_agent(bench_rl2.SETTINGS["bandit-k5-n10"], bench_rl2.BenchConfig(**TINY_RL2_BENCH), seed=0)
+    assert bandits.config.ppo.desired_kl is None  # measured on the control families only
 
 
 @pytest.mark.parametrize(
