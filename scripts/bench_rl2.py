@@ -119,11 +119,7 @@ SETTINGS: dict[str, Setting] = {
         "metarl/TabularMDP-v0", {"num_states": 10, "num_actions": 5, "episode_length": 10}, 10, LAYERED_HYPERPARAMETERS
     ),
     "navigation2d": Setting(
-        "metarl/Navigation2D-v0",
-        {},
-        2,
-        {**CONTROL_HYPERPARAMETERS, "time_feature": True},
-        against_reference_policies=False,
+        "metarl/Navigation2D-v0", {}, 2, {**CONTROL_HYPERPARAMETERS, "time_feature": True}, against_reference_policies=False
     ),
     "pendulum": Setting(
         "metarl/Pendulum-v0", {}, 2, {**CONTROL_HYPERPARAMETERS, "reward_scale": 0.01}, against_reference_policies=False
